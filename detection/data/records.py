@@ -109,7 +109,7 @@ class ScanReport:
                 continue
             eg = self.files.get(kind, [])[:examples]
             more = f" (+{len(self.files[kind]) - len(eg)} more)" if len(self.files.get(kind, [])) > len(eg) else ""
-            what = "image skipped" if kind in _DROPS_IMAGE else "box dropped" if kind in _DROPS_BOX else "repaired"
+            what = "image skipped" if kind in _DROPS_IMAGE else "dropped" if kind in _DROPS_BOX else "repaired"
             lines.append(f"  {kind} [{what}]: {self.counts[kind]} -- " + "; ".join(eg) + more)
         return "\n".join(lines) if lines else "  no problems found"
 

@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from detection.evaluation.io import atomic_write_text
 from detection.evaluation.protocols import Metrics
 from detection.labels import LabelSpace, det200
@@ -68,7 +70,8 @@ def save_metrics(m: Metrics, path: str | Path, *, extra: dict | None = None) -> 
 
 
 def plot_pr(m: Metrics, path: str | Path, *, space: LabelSpace | None = None, max_classes: int = 20) -> None:
-    """Precision-recall curves of the classes with the most ground truth (at most ``max_classes``), with AP."""
+    """Precision-recall curves (monotone envelope, as AP integrates it) of the classes with the most ground truth
+    (at most ``max_classes``), with their AP in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +83,9 @@ def plot_pr(m: Metrics, path: str | Path, *, space: LabelSpace | None = None, ma
     cmap = plt.get_cmap("tab20")
     for i, c in enumerate(classes):
         rec, prec = m.curves[c]
-        ax.plot(rec, prec, color=cmap(i % 20), lw=1.4, label=f"{space.name(c)} ({100 * m.ap[c]:.1f})")
+        envelope = np.maximum.accumulate(prec[::-1])[::-1]  # the curve AP integrates
+        ax.plot(np.r_[0, rec], np.r_[envelope[:1], envelope], color=cmap(i % 20), lw=1.4, drawstyle="steps-pre",
+                label=f"{space.name(c)} ({100 * m.ap[c]:.1f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
            title=f"{m.protocol} protocol: mAP {100 * m.map:.2f}% over {len(m.evaluated_classes)} classes")
     ax.grid(alpha=0.3)

@@ -1,0 +1,118 @@
+"""Hydra glue shared by the tools: config schemas, ``--split`` sugar, data-root default, the sweep summary."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(PROJECT_ROOT / "configs")
+
+
+class Protocol(str, Enum):
+    ilsvrc = "ilsvrc"
+    voc = "voc"
+    coco = "coco"
+
+
+@dataclass
+class EvalConfig:
+    protocol: Protocol = Protocol.ilsvrc
+    pr_classes: int = 20
+
+
+@dataclass
+class EvalMapConfig:
+    dataset: Any = None
+    data_root: Optional[str] = None
+    detections: Optional[str] = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="eval_map_schema", node=EvalMapConfig)
+
+
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """``--split X`` / ``--split=X`` / ``split=X`` -> Hydra's ``dataset=X`` (the split presets live in dataset/)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--split":
+            if i + 1 >= len(argv):
+                sys.exit("error: --split needs a value, e.g. --split val")
+            out.append(f"dataset={argv[i + 1]}")
+            i += 2
+            continue
+        if a.startswith("--split="):
+            a = "dataset=" + a.split("=", 1)[1]
+        elif a.startswith("split="):
+            a = "dataset=" + a.split("=", 1)[1]
+        out.append(a)
+        i += 1
+    return out
+
+
+def resolve_data_root(cfg: DictConfig) -> Path:
+    """Fill ``cfg.data_root`` ($DET_DATA_ROOT, else <project>/../shared/data) and say clearly when it is missing."""
+    root = Path(cfg.data_root) if cfg.data_root else PROJECT_ROOT.parent / "shared" / "data"
+    cfg.data_root = str(root)
+    return root
+
+
+class SweepSummary(Callback):
+    """At the end of a ``-m`` sweep, print and save one table of every job's overrides and metrics."""
+
+    def __init__(self, metric_file: str = "metrics.json") -> None:
+        self.metric_file = metric_file
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = []
+        for job in sorted(sweep_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
+            ovr_file = job / ".hydra" / "overrides.yaml"
+            if not job.is_dir() or not ovr_file.exists():
+                continue
+            overrides = " ".join(yaml.safe_load(ovr_file.read_text()) or [])
+            mfile = job / self.metric_file
+            if not mfile.exists():
+                rows.append({"job": job.name, "overrides": overrides, "status": "FAILED (no metrics)"})
+                continue
+            m = json.loads(mfile.read_text())
+            rows.append({"job": job.name, "overrides": overrides, "status": "ok",
+                         **{k: v for k, v in m.items() if isinstance(v, (int, float, str)) or v is None}})
+        if not rows:
+            print(f"sweep summary: no jobs found in {sweep_dir}")
+            return
+        # show only the overrides that vary across the sweep, and the numeric results
+        split = [r["overrides"].split() for r in rows]
+        common = set(split[0]).intersection(*split[1:])
+        for r, ov in zip(rows, split):
+            r["swept"] = " ".join(o for o in ov if o not in common) or "(no overrides)"
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k, v in r.items() if isinstance(v, (int, float)) and k not in keys]
+        width = max(len("swept overrides"), *(len(r["swept"]) for r in rows))
+        lines = [f"common: {' '.join(sorted(common)) or '-'}",
+                 f"{'swept overrides':<{width}}  " + "  ".join(f"{k[:14]:>14}" for k in keys)]
+        for r in rows:
+            cells = []
+            for k in keys:
+                v = r.get(k)
+                cells.append(f"{100 * v:>13.2f}%" if k.lower().endswith("map") and isinstance(v, float)
+                             else f"{'-' if v is None else v:>14}")
+            status = "" if r["status"] == "ok" else f"  {r['status']}"
+            lines.append(f"{r['swept']:<{width}}  " + "  ".join(cells) + status)
+        table = "\n".join(lines)
+        (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2))
+        (sweep_dir / "summary.txt").write_text(table + "\n")
+        print(f"\nSweep summary ({len(rows)} jobs, {sweep_dir}/summary.txt):\n{table}")

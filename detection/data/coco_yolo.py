@@ -127,4 +127,9 @@ def read_yolo(root: str | Path, *, images: str = "images", labels: str = "labels
     dname = name or root.name
     report = ScanReport()
     records = scan(files, parse, name=dname, report=report, total=len(files), progress=progress)
+    stems = {p.stem for p in files}
+    for lbl in sorted(lbl_dir.glob("*.txt")) if lbl_dir.is_dir() else []:
+        if lbl.stem not in stems:  # a label file whose image is missing: its boxes cannot be used
+            n = sum(1 for ln in lbl.read_text().splitlines() if ln.strip())
+            report.add("orphan_label_file", lbl, f"no image {lbl.stem}.* in {img_dir}; {n} boxes dropped")
     return DetectionDataset(dname, records, report)

@@ -74,7 +74,8 @@ def scan(items: Iterable[T], parse: Callable[[T, ScanReport], ImageRecord | None
     ``parse`` returns a record, or ``None`` for an item that is not an image of the dataset (nothing to count).
     """
     records = []
-    for item in tqdm(items, total=total, desc=f"scan {name}", unit="img", disable=not progress, leave=False):
+    bar = {} if progress else {"disable": True}  # without an explicit value, TQDM_DISABLE=1 still turns it off
+    for item in tqdm(items, total=total, desc=f"scan {name}", unit="img", leave=False, **bar):
         try:
             rec = parse(item, report)
         except SkipImage as e:

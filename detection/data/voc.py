@@ -112,6 +112,12 @@ def read_voc(root: str | Path, *, annotations: str = "Annotations", images: str 
     report = ScanReport()
     records = scan(xmls, lambda x, rep: _record_from_xml(x, None, img_dir, x.stem, cmap, rep, strict),
                    name=dname, report=report, total=len(xmls), progress=progress)
+    if image_set is None and img_dir.is_dir():  # images nobody annotated are not silently part of the dataset
+        used = {r.path.name for r in records}
+        annotated = {x.stem for x in xmls}
+        for p in sorted(img_dir.iterdir()):
+            if p.suffix in _IMAGE_EXTS and p.name not in used and p.stem not in annotated:
+                report.add("image_without_annotation", p, "not in the dataset")
     return DetectionDataset(dname, records, report)
 
 

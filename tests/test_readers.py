@@ -185,3 +185,20 @@ def test_shared_splits_as_documented(shared_data):
     for r in train_small:  # every box inside its image, positive area
         assert (r.boxes[:, 2] > r.boxes[:, 0]).all() and (r.boxes[:, 3] > r.boxes[:, 1]).all()
         assert (r.boxes[:, :2] >= 0).all() and (r.boxes[:, 2] <= r.width).all() and (r.boxes[:, 3] <= r.height).all()
+
+
+def test_verify_images_drops_truncated_files(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (200, 300, 3), np.uint8)).save(
+            tmp_path / "JPEGImages" / f"im{i}.jpg", quality=90)
+        write_xml(tmp_path / "Annotations" / f"im{i}.xml", f"im{i}.jpg", [("cat", (1, 1, 10, 10), 0)], w=300, h=200)
+    data = (tmp_path / "JPEGImages" / "im1.jpg").read_bytes()
+    (tmp_path / "JPEGImages" / "im1.jpg").write_bytes(data[: len(data) // 3])
+    ds = read_voc(tmp_path)
+    assert len(ds) == 3  # the header is intact: a scan cannot tell
+    ok = ds.verify_images(progress=False)
+    assert [r.image_id for r in ok] == ["im0", "im2"] and ok.image_indices == [1, 3]
+    assert ok.report.counts["unreadable_image"] == 1
+    assert "im1.jpg: corrupt or truncated" in ok.report.files["unreadable_image"][0]

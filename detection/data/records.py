@@ -183,6 +183,26 @@ class DetectionDataset(torch.utils.data.Dataset):
         """``uint8[H, W, 3]`` RGB pixels of record ``i``; raises ``ImageDecodeError`` naming the file."""
         return read_image_rgb(self.records[i].path)
 
+    def verify_images(self, *, progress: bool = True) -> "DetectionDataset":
+        """Decode every image once; a truncated or corrupt file (which a header-only scan cannot see) is removed and
+        counted as ``unreadable_image`` in the report.  Returns the dataset of the images that decode."""
+        from tqdm import tqdm
+
+        from detection.data.image_io import ImageDecodeError
+
+        keep, indices, bar = [], [], {} if progress else {"disable": True}
+        for pos, r in enumerate(tqdm(self.records, desc=f"verify {self.name}", unit="img", leave=False, **bar)):
+            try:
+                read_image_rgb(r.path)
+            except ImageDecodeError as e:
+                self.report.add("unreadable_image", str(e))
+                continue
+            keep.append(pos)
+        new_pos = {old: new for new, old in enumerate(keep)}
+        return DetectionDataset(self.name, [self.records[i] for i in keep], self.report,
+                                blacklist={(new_pos[i], c) for i, c in self.blacklist if i in new_pos},
+                                image_indices=[self.image_indices[i] for i in keep])
+
     @property
     def num_boxes(self) -> int:
         return sum(len(r) for r in self.records)

@@ -176,8 +176,9 @@ def test_shared_splits_as_documented(shared_data):
     assert len(big) == 6
     coco = read_yolo(shared_data / "coco128")
     # two label files have no image (000000000656/659): their 12 boxes are reported, not silently lost
-    assert coco.report.counts["orphan_label_file"] == 2
+    assert len(coco.report.files["orphan_label_file"]) == 2
     orphan_boxes = sum(int(f.split("; ")[1].split()[0]) for f in coco.report.files["orphan_label_file"])
+    assert coco.report.counts["orphan_label_file"] == orphan_boxes == 12
     assert len(coco) == 128 and coco.num_boxes + coco.report.counts["unmapped_class"] + orphan_boxes == 941
     train_small = concat_datasets(coco, fruit, name="train_small")
     assert len(train_small) == 368 and train_small.records[200].image_id.startswith("fruit/")

@@ -131,5 +131,5 @@ def read_yolo(root: str | Path, *, images: str = "images", labels: str = "labels
     for lbl in sorted(lbl_dir.glob("*.txt")) if lbl_dir.is_dir() else []:
         if lbl.stem not in stems:  # a label file whose image is missing: its boxes cannot be used
             n = sum(1 for ln in lbl.read_text().splitlines() if ln.strip())
-            report.add("orphan_label_file", lbl, f"no image {lbl.stem}.* in {img_dir}; {n} boxes dropped")
+            report.add("orphan_label_file", lbl, f"no image {lbl.stem}.* in {img_dir}; {n} boxes dropped", n=n)
     return DetectionDataset(dname, records, report)

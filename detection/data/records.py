@@ -63,9 +63,10 @@ class SkipImage(Exception):
 
 
 # Which report kinds drop something (an image or a box) and which only note a repair.
-_DROPS_IMAGE = {"unreadable_image", "bad_annotation", "missing_image", "orphan_label_file"}
+_DROPS_IMAGE = {"unreadable_image", "bad_annotation", "missing_image"}
 _DROPS_BOX = {"box_inverted", "box_zero_area", "box_outside", "box_nonfinite", "unknown_class",
-              "detection_unknown_image", "detection_unknown_class", "detection_unmapped_class"}
+              "detection_unknown_image", "detection_unknown_class", "detection_unmapped_class",
+              "orphan_label_file"}
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""On-disk proposal cache: one file per image, per (dataset, method settings hash); atomic, resumable, never stale.
+
+Layout: ``<root>/<dataset>/<method>-<hash12>/settings.json`` and ``.../<image id>.pt``.  The hash covers every
+setting that determines the output (and a format version), so a changed setting gets a new folder.  Each image file
+records the SHA-1 of the image bytes it was computed from; an entry whose image changed since is treated as missing
+(recomputed), never returned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["ProposalCache", "settings_hash", "file_sha1", "CACHE_FORMAT"]
+
+CACHE_FORMAT = 1
+
+
+def settings_hash(method: str, settings: dict) -> str:
+    """12 hex digits identifying ``method`` with ``settings`` (JSON-serialisable) and the cache format."""
+    blob = json.dumps({"method": method, "settings": settings, "format": CACHE_FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_name(image_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id.replace("/", "__"))
+
+
+@dataclass
+class ProposalCache:
+    """The cache folder of one method/settings on one dataset."""
+
+    root: Path
+    dataset: str
+    method: str
+    settings: dict
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.key = settings_hash(self.method, self.settings)
+        self.dir = self.root / _safe_name(self.dataset) / f"{self.method}-{self.key}"
+
+    def prepare(self) -> None:
+        """Create the folder and its ``settings.json`` (atomically; identical content if it exists)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        target = self.dir / "settings.json"
+        if not target.exists():
+            _atomic_bytes(target, json.dumps({"method": self.method, "settings": self.settings,
+                                              "format": CACHE_FORMAT}, indent=2, default=str).encode())
+
+    def path(self, image_id: str) -> Path:
+        return self.dir / f"{_safe_name(image_id)}.pt"
+
+    def load(self, image_id: str, image_sha1: str | None = None) -> dict | None:
+        """The cached entry for an image, or None if absent, unreadable or computed from other image bytes."""
+        p = self.path(image_id)
+        if not p.exists():
+            return None
+        try:
+            entry = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file is recomputed, not trusted
+            return None
+        if image_sha1 is not None and entry.get("image_sha1") != image_sha1:
+            return None
+        return entry
+
+    def save(self, image_id: str, entry: dict) -> None:
+        """Write an entry (tensors and plain values) atomically."""
+        p = self.path(image_id)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            torch.save(entry, tmp)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def boxes(self, image_id: str) -> Tensor | None:
+        e = self.load(image_id)
+        return None if e is None else e["boxes"]
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

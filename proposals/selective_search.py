@@ -37,7 +37,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
 _lock = threading.Lock()  # srand + process must not interleave between threads
 
 
-@dataclass(frozen=True)
+@dataclass
 class SelectiveSearchSettings:
     """Settings of one selective-search run (all that determines its output; part of the cache key)."""
 
@@ -51,6 +51,10 @@ class SelectiveSearchSettings:
     seed: int = 1
 
     def __post_init__(self) -> None:
+        # canonical types: 2 and 2.0 must give the same cache key
+        self.base_k, self.inc_k, self.seed = int(self.base_k), int(self.inc_k), int(self.seed)
+        self.k_scale, self.sigma, self.min_box_size = float(self.k_scale), float(self.sigma), float(self.min_box_size)
+        self.resize_width = None if self.resize_width is None else int(self.resize_width)
         if self.mode not in MODES:
             raise ValueError(f"selective search mode {self.mode!r} is not one of {MODES}")
         if self.base_k <= 0 or self.inc_k < 0 or self.k_scale <= 0 or self.sigma < 0:

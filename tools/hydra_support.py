@@ -14,6 +14,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from proposals.multibox.model import MultiBoxConfig
+from proposals.multibox.train import TrainSettings
+from proposals.pipeline import ProposalSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "configs")
 
@@ -38,8 +42,62 @@ class EvalMapConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class TrainMultiBoxConfig:
+    dataset: Any = None
+    val_dataset: Any = None
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    out_dir: str = "checkpoints/multibox"
+    install: bool = False
+    model: MultiBoxConfig = field(default_factory=MultiBoxConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass
+class ProposalsToolConfig:
+    dataset: Any = None
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    workers: int = 2
+    proposals: ProposalSettings = field(default_factory=ProposalSettings)
+
+
 def register_schemas() -> None:
-    ConfigStore.instance().store(name="eval_map_schema", node=EvalMapConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="proposals_tool_schema", node=ProposalsToolConfig)
+    cs.store(name="eval_map_schema", node=EvalMapConfig)
+    cs.store(name="train_multibox_schema", node=TrainMultiBoxConfig)
+
+
+def proposal_settings(cfg: DictConfig) -> ProposalSettings:
+    """The typed settings object of a ``proposals`` config node."""
+    from proposals.pipeline import MultiBoxSettings
+    from proposals.selective_search import SelectiveSearchSettings
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return ProposalSettings(selective_search=SelectiveSearchSettings(**c["selective_search"]),
+                            multibox=MultiBoxSettings(**c["multibox"]), dedup_iou=c["dedup_iou"],
+                            min_size=c["min_size"])
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); under torchrun, joins the gloo process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), world
+    return 0, 1
+
+
+def resolve_cache_dir(cfg: DictConfig) -> Path:
+    """Fill ``cfg.cache_dir`` ($DET_CACHE_DIR, else <project>/.cache)."""
+    root = Path(cfg.cache_dir) if cfg.cache_dir else PROJECT_ROOT / ".cache"
+    cfg.cache_dir = str(root)
+    return root
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
@@ -108,7 +166,7 @@ class SweepSummary(Callback):
             cells = []
             for k in keys:
                 v = r.get(k)
-                cells.append(f"{100 * v:>13.2f}%" if k.lower().endswith("map") and isinstance(v, float)
+                cells.append(f"{100 * v:>13.2f}%" if (k.lower().endswith("map") or "@" in k) and isinstance(v, float)
                              else f"{'-' if v is None else v:>14}")
             status = "" if r["status"] == "ok" else f"  {r['status']}"
             lines.append(f"{r['swept']:<{width}}  " + "  ".join(cells) + status)

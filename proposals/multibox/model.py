@@ -1,0 +1,148 @@
+"""MultiBox network: a backbone's last feature map -> K class-agnostic boxes (offsets from K priors) + K confidences.
+
+Each output slot ``k`` is tied to prior ``k`` (a k-means centre of training boxes).  The head pools a convolved feature map
+inside a context-enlarged window around the prior (RoIAlign), adds a global image descriptor and a learned embedding
+of the prior, and predicts the prior's offset and the box's object confidence with one small MLP shared by all
+slots -- so the head stays small (a few MB) whatever K is.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from detection.models.backbones import Backbone, build_backbone
+
+__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "save_multibox", "load_multibox"]
+
+
+@dataclass
+class MultiBoxConfig:
+    """Architecture of a MultiBox model (saved with it)."""
+
+    backbone: str = "lite0"
+    input_size: int = 320  # images are warped to input_size x input_size
+    num_priors: int = 400
+    reduce_channels: int = 128
+    roi_size: int = 1
+    context: float = 1.5  # the RoI window is the prior enlarged by this factor around its centre
+    hidden: int = 192
+    global_dim: int = 128
+    prior_embed_dim: int = 32
+
+
+class MultiBoxHead(nn.Module):
+    """Feature map ``[B, C, h, w]`` + priors ``[K, 4]`` (normalised xyxy) -> boxes ``[B, K, 4]``, logits ``[B, K]``."""
+
+    def __init__(self, *, in_channels: int, cfg: MultiBoxConfig):
+        super().__init__()
+        self.cfg = cfg
+        # per-image work (a 1x1 and a 3x3 conv on the small map) is cheap; per-slot work (the MLP) is kept small,
+        # since it runs B x K times
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, cfg.reduce_channels, 1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
+                                    nn.ReLU(inplace=True))
+        self.glob = nn.Sequential(nn.Linear(in_channels, cfg.global_dim), nn.ReLU(inplace=True))
+        self.prior_embed = nn.Embedding(cfg.num_priors, cfg.prior_embed_dim)
+        d_in = cfg.reduce_channels * cfg.roi_size ** 2 + cfg.global_dim + cfg.prior_embed_dim
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(inplace=True))
+        self.delta = nn.Linear(cfg.hidden, 4)
+        self.conf = nn.Linear(cfg.hidden, 1)
+        nn.init.zeros_(self.delta.weight)  # start exactly at the priors
+        nn.init.zeros_(self.delta.bias)
+        nn.init.normal_(self.conf.weight, std=0.01)
+        nn.init.constant_(self.conf.bias, -5.0)  # a few objects among hundreds of slots
+
+    def forward(self, fmap: Tensor, priors: Tensor) -> tuple[Tensor, Tensor]:
+        B, _, h, w = fmap.shape
+        K = priors.shape[0]
+        r = self.reduce(fmap)
+        centre = (priors[:, :2] + priors[:, 2:]) / 2
+        half = (priors[:, 2:] - priors[:, :2]) / 2 * self.cfg.context
+        win = torch.cat([centre - half, centre + half], 1) * priors.new_tensor([w, h, w, h])
+        rois = torch.cat([torch.arange(B, dtype=win.dtype, device=win.device).repeat_interleave(K)[:, None],
+                          win.repeat(B, 1)], 1)
+        pooled = roi_align(r, rois, output_size=self.cfg.roi_size, spatial_scale=1.0, sampling_ratio=2,
+                           aligned=True).flatten(1)  # [B*K, reduce * roi^2]
+        g = self.glob(fmap.mean((2, 3))).repeat_interleave(K, 0)
+        e = self.prior_embed.weight.repeat(B, 1)
+        hdn = self.mlp(torch.cat([pooled, g, e], 1))
+        boxes = priors.repeat(B, 1) + self.delta(hdn)
+        return boxes.view(B, K, 4), self.conf(hdn).view(B, K)
+
+
+class MultiBox(nn.Module):
+    """Backbone + :class:`MultiBoxHead` + priors.  ``propose`` gives pixel boxes of one image, best first."""
+
+    def __init__(self, *, backbone: Backbone, cfg: MultiBoxConfig, priors: Tensor):
+        super().__init__()
+        if priors.shape != (cfg.num_priors, 4):
+            raise ValueError(f"priors must be [{cfg.num_priors}, 4], got {tuple(priors.shape)}")
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = MultiBoxHead(in_channels=backbone.spec.feature_channels, cfg=cfg)
+        self.register_buffer("priors", priors.float().clone())
+
+    def preprocess(self, image_rgb: np.ndarray) -> Tensor:
+        """``uint8[H, W, 3]`` -> normalised ``[1, 3, S, S]`` (warped, bilinear, antialiased)."""
+        x = torch.from_numpy(np.array(image_rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255.0
+        x = F.interpolate(x, size=(self.cfg.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        return self.backbone.normalize(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised images ``[B, 3, S, S]`` -> (boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``)."""
+        return self.head(self.backbone(x), self.priors)
+
+    @torch.inference_mode()
+    def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None) -> tuple[Tensor, Tensor]:
+        """Boxes of one RGB image in its pixels (``Tensor[N, 4]`` xyxy, clipped, best first) and their confidences."""
+        h, w = image_rgb.shape[:2]
+        x = self.preprocess(image_rgb).to(self.priors.device)
+        boxes, logits = self(x)
+        return to_pixel_boxes(boxes[0], logits[0], width=w, height=h, top_k=top_k)
+
+
+def to_pixel_boxes(boxes: Tensor, logits: Tensor, *, width: int, height: int, top_k: int | None
+                   ) -> tuple[Tensor, Tensor]:
+    """Normalised ``[K, 4]`` + logits -> pixel boxes clipped to the image, sorted by confidence (stable), top-k."""
+    scores = torch.sigmoid(logits.float())
+    order = torch.sort(scores, descending=True, stable=True).indices
+    if top_k is not None:
+        order = order[:top_k]
+    b = boxes.float()[order].clamp(0, 1) * boxes.new_tensor([width, height, width, height]).float()
+    x1 = torch.minimum(b[:, 0], b[:, 2])
+    x2 = torch.maximum(b[:, 0], b[:, 2])
+    y1 = torch.minimum(b[:, 1], b[:, 3])
+    y2 = torch.maximum(b[:, 1], b[:, 3])
+    return torch.stack([x1, y1, x2, y2], 1).cpu(), scores[order].cpu()
+
+
+def save_multibox(model: MultiBox, path: str | os.PathLike, *, record: dict | None = None) -> None:
+    """Save head + priors + config + training record (the trunk is rebuilt from its own weights), half precision."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.head.state_dict().items()}
+    blob = {"config": asdict(model.cfg), "priors": model.priors.cpu(), "head": state, "record": record or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_multibox(path: str | os.PathLike, *, backbone_weights: str | None = "imagenet") -> MultiBox:
+    """Load a model saved by :func:`save_multibox` (``weights_only=True``); the backbone gets ``backbone_weights``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MultiBox model not found")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = MultiBoxConfig(**blob["config"])
+    model = MultiBox(backbone=build_backbone(cfg.backbone, weights=backbone_weights), cfg=cfg, priors=blob["priors"])
+    model.head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["head"].items()})
+    model.record = blob.get("record", {})
+    return model.eval()

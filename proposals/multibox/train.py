@@ -1,0 +1,208 @@
+"""Training MultiBox on a frozen backbone: trunk features computed once (chunked, resumable), then the head.
+
+Nothing is lost to a kill: feature chunks and per-epoch checkpoints are written atomically, and a restart with the same
+settings continues from the last complete chunk / epoch (same data order, same RNG state).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from detection.data.image_io import ImageDecodeError, read_image_rgb
+from detection.data.records import DetectionDataset
+from proposals.cache import settings_hash
+from proposals.coverage import coverage
+from proposals.multibox.loss import multibox_loss
+from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox, to_pixel_boxes
+from proposals.multibox.priors import kmeans_priors
+
+__all__ = ["TrainSettings", "FeatureSet", "compute_features", "train_multibox", "evaluate_recall"]
+
+CHUNK = 128
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    alpha: float = 0.3
+    seed: int = 0
+    flip: bool = True
+    top_k_eval: int = 200
+
+
+@dataclass
+class FeatureSet:
+    """Frozen-trunk features of a dataset: ``feats [N, C, s, s]`` fp16, ``gts[i]`` normalised xyxy ``[G_i, 4]``,
+    ``sizes[i] = (width, height)``, ``ids[i]`` image id."""
+
+    feats: Tensor
+    gts: list[Tensor]
+    sizes: list[tuple[int, int]]
+    ids: list[str]
+
+
+def _flip_boxes(g: Tensor) -> Tensor:
+    """Mirror normalised xyxy boxes left-right."""
+    return torch.stack([1 - g[:, 2], g[:, 1], 1 - g[:, 0], g[:, 3]], 1)
+
+
+@torch.inference_mode()
+def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: str | Path, batch_size: int = 16,
+                     progress: bool = True) -> FeatureSet:
+    """Trunk features of every image, cached in chunks under ``cache_dir``.  (Mirroring for training is done on the
+    feature map: a stride-32 map of a mirrored photo is close to the mirrored map, at no extra trunk pass.)
+
+    Images that cannot be decoded are reported and left out.  A chunk already on disk is reused (resume).
+    """
+    key = settings_hash("multibox-features", {"dataset": dataset.name, "n": len(dataset), "backbone": model.cfg.backbone, "size": model.cfg.input_size,
+                                              "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
+    out_dir = Path(cache_dir) / f"{dataset.name}-{key}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    chunks = []
+    n_chunks = math.ceil(len(dataset) / CHUNK)
+    bar = {} if progress else {"disable": True}
+    for ci in tqdm(range(n_chunks), desc=f"features {dataset.name}", unit="chunk", **bar):
+        path = out_dir / f"chunk{ci:05d}.pt"
+        if path.exists():
+            chunks.append(torch.load(path, weights_only=True))
+            continue
+        feats, gts, sizes, ids, skipped = [], [], [], [], []
+        batch: list[Tensor] = []
+
+        def flush():
+            if batch:
+                feats.append(model.backbone(torch.cat(batch)).half())
+                batch.clear()
+
+        for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
+            try:
+                img = read_image_rgb(r.path)
+            except ImageDecodeError as e:
+                skipped.append(str(e))
+                continue
+            batch.append(model.preprocess(img))
+            gts.append(r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height]))
+            sizes.append((r.width, r.height))
+            ids.append(r.image_id)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        chunk = {"feats": torch.cat(feats) if feats else torch.zeros(0), "gts": gts, "sizes": sizes, "ids": ids,
+                 "skipped": skipped}
+        tmp = path.with_suffix(".tmp")
+        torch.save(chunk, tmp)
+        tmp.replace(path)
+        chunks.append(chunk)
+    for c in chunks:
+        for s in c["skipped"]:
+            print(f"features: skipped {s}")
+    chunks = [c for c in chunks if len(c["ids"])]
+    return FeatureSet(feats=torch.cat([c["feats"] for c in chunks]),
+                      gts=[g for c in chunks for g in c["gts"]], sizes=[tuple(s) for c in chunks for s in c["sizes"]],
+                      ids=[i for c in chunks for i in c["ids"]])
+
+
+def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
+    """k-means priors from the normalised training boxes and their mirror images (MultiBox's outputs are mirrored
+    in training, so the priors should be left-right symmetric too)."""
+    boxes = torch.cat([g for g in features.gts if len(g)])
+    boxes = torch.cat([boxes, _flip_boxes(boxes)])
+    return kmeans_priors(boxes, k=k, seed=seed)
+
+
+@torch.inference_mode()
+def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_size: int = 64) -> dict:
+    """Recall of ground truth at IoU 0.5 / 0.7 by the top-k boxes of each image."""
+    model.eval()
+    idx = list(range(len(features.ids)))
+    props, gts = [], []
+    for s in range(0, len(idx), batch_size):
+        sel = idx[s:s + batch_size]
+        boxes, logits = model.head(features.feats[sel].float(), model.priors)
+        for j, i in enumerate(sel):
+            w, h = features.sizes[i]
+            props.append(to_pixel_boxes(boxes[j], logits[j], width=w, height=h, top_k=top_k)[0])
+            gts.append(features.gts[i] * torch.tensor([w, h, w, h]))
+    cov = coverage(props, gts, thresholds=(0.5, 0.7), counts=(10, 50, 100, top_k))
+    return {"recall@0.5": cov.recall[0.5], "recall@0.7": cov.recall[0.7], "num_gt": cov.num_gt,
+            "curve": dict(zip(cov.counts, cov.curve))}
+
+
+def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSettings, out_dir: str | Path,
+                   val: FeatureSet | None = None, progress: bool = True, log=print) -> dict:
+    """Train ``model.head`` on cached features; checkpoint every epoch in ``out_dir``; resume from the last one.
+
+    Returns the training record (per-epoch losses and validation recall, time, settings).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "last.ckpt"
+    head = model.head
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train.ids) / settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    record = {"settings": asdict(settings), "config": asdict(model.cfg), "epochs": [], "train_images": len(train.ids)}
+    start_epoch = 0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=True)
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        record = ck["record"]
+        start_epoch = ck["epoch"] + 1
+        torch.set_rng_state(ck["rng"])
+        log(f"resumed from {ckpt_path} after epoch {ck['epoch'] + 1}")
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        # one generator per epoch: a resumed run draws exactly the shuffles and mirrors of an uninterrupted one
+        gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        head.train()
+        perm = torch.randperm(len(train.ids), generator=gen)
+        tot = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
+        bar = {} if progress else {"disable": True}
+        for s in tqdm(range(0, len(perm), settings.batch_size), desc=f"epoch {epoch + 1}/{settings.epochs}",
+                      unit="batch", leave=False, **bar):
+            sel = perm[s:s + settings.batch_size]
+            x = train.feats[sel].float()
+            gts = [train.gts[i] for i in sel.tolist()]
+            if settings.flip:
+                mirror = torch.rand(len(sel), generator=gen) < 0.5
+                x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+                gts = [_flip_boxes(g) if m else g for g, m in zip(gts, mirror.tolist())]
+            boxes, logits = head(x, model.priors)
+            loss, parts = multibox_loss(boxes, logits, gts, alpha=settings.alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot["loss"] += float(loss.detach()) * len(sel)
+            tot["loc"] += parts["loc"] * len(sel)
+            tot["conf"] += parts["conf"] * len(sel)
+        ep = {k: v / len(perm) for k, v in tot.items()}
+        ep["epoch"] = epoch + 1
+        if val is not None:
+            ep["val"] = evaluate_recall(model, val, top_k=settings.top_k_eval)
+        record["epochs"].append(ep)
+        log(f"epoch {epoch + 1}: loss {ep['loss']:.3f} (loc {ep['loc']:.4f}, conf {ep['conf']:.3f})"
+            + (f", val recall@0.5 top-{settings.top_k_eval} {ep['val']['recall@0.5']:.3f}" if val is not None else ""))
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "record": record, "epoch": epoch, "rng": torch.get_rng_state()}, tmp)
+        tmp.replace(ckpt_path)
+    record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t0
+    save_multibox(model, out_dir / "multibox.pt", record=record)
+    (out_dir / "record.json").write_text(json.dumps(record, indent=2))
+    return record

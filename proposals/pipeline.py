@@ -1,0 +1,123 @@
+"""The proposal stage as one object: selective search (cached) + MultiBox (cached) -> merged proposals per image."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detection.data.records import DetectionDataset
+from proposals.cache import ProposalCache, file_sha1
+from proposals.extract import ExtractStats, SelectiveSearchSource, extract_split
+from proposals.merge import merge_proposals
+from proposals.selective_search import SelectiveSearchSettings
+
+__all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalStage"]
+
+
+@dataclass
+class MultiBoxSettings:
+    top_k: int = 200
+    model: str | None = None  # a saved MultiBox file; None: the embedded default
+
+
+@dataclass
+class ProposalSettings:
+    """Everything that defines the proposal stage (``configs/proposals/*.yaml``)."""
+
+    selective_search: SelectiveSearchSettings = field(default_factory=SelectiveSearchSettings)
+    multibox: MultiBoxSettings = field(default_factory=MultiBoxSettings)
+    dedup_iou: float = 0.95
+    min_size: float = 0.0
+
+
+class MultiBoxSource:
+    """MultiBox as a cacheable proposal source: all K boxes with their confidences (top-k is cut at merge time).
+
+    The model is loaded lazily, so the source pickles cheaply into worker processes.
+    """
+
+    method = "multibox"
+
+    def __init__(self, model_path: str | Path | None = None):
+        from proposals.multibox import default_model_path
+
+        self.path = Path(model_path) if model_path else default_model_path()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: MultiBox model not found (train one with tools/train_multibox.py, "
+                                    f"or set proposals.multibox.top_k=0 for selective search alone)")
+        self._sha1 = file_sha1(self.path)
+        self._model = None
+
+    @property
+    def settings(self) -> dict:
+        return {"model_sha1": self._sha1}
+
+    def __getstate__(self):
+        return {"path": self.path, "_sha1": self._sha1, "_model": None}
+
+    def __call__(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
+        if self._model is None:
+            from proposals.multibox.model import load_multibox
+
+            self._model = load_multibox(self.path)
+        return self._model.propose(image_rgb)
+
+
+class ProposalStage:
+    """Proposals of a dataset's images from the caches, computing what is missing first."""
+
+    def __init__(self, settings: ProposalSettings, *, cache_root: str | Path):
+        self.settings = settings
+        self.cache_root = Path(cache_root)
+        self.ss = SelectiveSearchSource(settings.selective_search)
+        self.mb = MultiBoxSource(settings.multibox.model) if settings.multibox.top_k > 0 else None
+
+    def sources(self):
+        return [s for s in (self.ss, self.mb) if s is not None]
+
+    def extract(self, dataset: DetectionDataset, *, workers: int = 1, rank: int = 0, world_size: int = 1,
+                progress: bool = True) -> dict[str, ExtractStats]:
+        """Fill every source's cache for ``dataset`` (this rank's shard)."""
+        out = {}
+        for src in self.sources():
+            # MultiBox is one small network pass: worker processes would each load it for little gain
+            w = workers if src.method != "multibox" else 1
+            out[src.method] = extract_split(dataset, src, cache_root=self.cache_root, workers=w, rank=rank,
+                                            world_size=world_size, progress=progress)
+        return out
+
+    def _cache(self, dataset: DetectionDataset, src) -> ProposalCache:
+        return ProposalCache(self.cache_root, dataset.name, src.method, src.settings)
+
+    def load(self, dataset: DetectionDataset) -> list[dict]:
+        """Per image: ``{"boxes", "source", "ss": ss boxes, "mb": (boxes, scores) | None, "seconds"}``, merged.
+
+        Raises ``RuntimeError`` naming the image if a cache entry is missing or stale (run :meth:`extract`).
+        """
+        ss_cache = self._cache(dataset, self.ss)
+        mb_cache = self._cache(dataset, self.mb) if self.mb is not None else None
+        out = []
+        for r in dataset.records:
+            sha = file_sha1(r.path)
+            ss = ss_cache.load(r.image_id, sha)
+            mb = mb_cache.load(r.image_id, sha) if mb_cache is not None else None
+            if ss is None or (mb_cache is not None and mb is None):
+                raise RuntimeError(f"{r.path}: proposals missing or stale in {self.cache_root} for "
+                                   f"{dataset.name}; run the extraction first")
+            boxes, source = merge_proposals(
+                ss_boxes=ss["boxes"], mb_boxes=mb["boxes"] if mb else None, mb_scores=mb["scores"] if mb else None,
+                top_k=self.settings.multibox.top_k, dedup_iou=self.settings.dedup_iou,
+                min_size=self.settings.min_size)
+            out.append({"boxes": boxes, "source": source, "seconds": ss["seconds"] + (mb["seconds"] if mb else 0.0)})
+        return out
+
+    def propose(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Merged proposals of one image, computed now (no cache)."""
+        ss, _ = self.ss(image_rgb)
+        mb_boxes, mb_scores = self.mb(image_rgb) if self.mb is not None else (None, None)
+        return merge_proposals(ss_boxes=ss, mb_boxes=mb_boxes, mb_scores=mb_scores,
+                               top_k=self.settings.multibox.top_k, dedup_iou=self.settings.dedup_iou,
+                               min_size=self.settings.min_size)

@@ -1,0 +1,131 @@
+"""MultiBox: priors, Hungarian matching (against brute force), loss, head, save/load, training resume."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from proposals.multibox.loss import match, matching_cost, multibox_loss
+from proposals.multibox.model import MultiBoxConfig, MultiBoxHead, to_pixel_boxes
+from proposals.multibox.priors import kmeans_priors
+from proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
+
+
+def rand_boxes(n, g):
+    xy = torch.rand(n, 2, generator=g) * 0.6
+    return torch.cat([xy, xy + 0.05 + torch.rand(n, 2, generator=g) * 0.3], 1)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_match_is_the_brute_force_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    K, G = int(torch.randint(3, 7, (1,), generator=g)), int(torch.randint(1, 4, (1,), generator=g))
+    G = min(G, K)
+    pred, gt = rand_boxes(K, g), rand_boxes(G, g)
+    logits = torch.randn(K, generator=g) * 2
+    cost = matching_cost(pred, logits, gt, alpha=0.3).numpy()
+    best = min(sum(cost[p[j], j] for j in range(G)) for p in itertools.permutations(range(K), G))
+    pi, gi = match(pred, logits, gt, alpha=0.3)
+    assert sorted(gi.tolist()) == list(range(G)) and len(set(pi.tolist())) == G
+    assert cost[pi.numpy(), gi.numpy()].sum() == pytest.approx(best, abs=1e-9)
+
+
+def test_match_edge_cases():
+    pi, gi = match(torch.rand(4, 4), torch.zeros(4), torch.zeros(0, 4), alpha=0.3)
+    assert len(pi) == len(gi) == 0
+    with pytest.raises(ValueError, match="only 1 predictions"):
+        match(torch.rand(1, 4), torch.zeros(1), torch.rand(2, 4), alpha=0.3)
+
+
+def test_loss_value_by_hand():
+    pred = torch.tensor([[[0.0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]])
+    logits = torch.tensor([[0.0, 0.0]])
+    gt = [torch.tensor([[0.1, 0.0, 0.5, 0.5]])]
+    loss, parts = multibox_loss(pred, logits, gt, alpha=0.3)
+    # matched to slot 0: loc = 1/2 * 0.1^2; conf = BCE(0 -> 1) + BCE(0 -> 0) = 2 log 2
+    assert parts["loc"] == pytest.approx(0.005) and parts["conf"] == pytest.approx(2 * np.log(2))
+    assert float(loss) == pytest.approx(0.3 * 0.005 + 2 * np.log(2))
+
+
+def test_kmeans_recovers_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9], [0.0, 0.4, 1.0, 0.6]])
+    pts = torch.cat([c + 0.01 * torch.randn(200, 4, generator=g) for c in centres])
+    pri = kmeans_priors(pts, k=3, seed=1)
+    got = sorted(map(tuple, pri.numpy().round(1)))
+    assert got == sorted(map(tuple, centres.numpy().round(1)))
+    assert torch.equal(pri, kmeans_priors(pts, k=3, seed=1))  # deterministic
+    with pytest.raises(ValueError, match="at least k=5"):
+        kmeans_priors(pts[:4], k=5)
+
+
+def test_head_starts_at_priors_and_pixel_boxes_are_sorted():
+    cfg = MultiBoxConfig(num_priors=6)
+    head = MultiBoxHead(in_channels=8, cfg=cfg)
+    priors = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 3 + [[0.5, 0.5, 0.9, 0.9]] * 3)
+    boxes, logits = head(torch.randn(2, 8, 5, 5), priors)
+    assert boxes.shape == (2, 6, 4) and logits.shape == (2, 6)
+    torch.testing.assert_close(boxes[0], priors)  # zero-initialised offsets
+    px, sc = to_pixel_boxes(torch.tensor([[0.2, 0.1, -0.1, 0.5], [0, 0, 1, 1]]), torch.tensor([-1.0, 2.0]),
+                            width=100, height=50, top_k=None)
+    assert sc.tolist() == sorted(sc.tolist(), reverse=True)
+    torch.testing.assert_close(px, torch.tensor([[0.0, 0, 100, 50], [0, 5, 20, 25]]))
+
+
+def _toy_features(n=48, seed=0):
+    """Feature maps whose bright cell marks where the (single) object is: learnable by the head."""
+    g = torch.Generator().manual_seed(seed)
+    feats, gts = torch.zeros(n, 8, 4, 4), []
+    for i in range(n):
+        cx, cy = int(torch.randint(0, 4, (1,), generator=g)), int(torch.randint(0, 4, (1,), generator=g))
+        feats[i, :, cy, cx] = 3.0
+        gts.append(torch.tensor([[cx / 4, cy / 4, (cx + 1) / 4, (cy + 1) / 4]]))
+    return FeatureSet(feats=feats.half(), gts=gts, sizes=[(64, 64)] * n, ids=[str(i) for i in range(n)])
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, priors):
+        super().__init__()
+        self.cfg = MultiBoxConfig(num_priors=len(priors), reduce_channels=16, hidden=32, global_dim=8,
+                                  prior_embed_dim=4)
+        self.head = MultiBoxHead(in_channels=8, cfg=self.cfg)
+        self.register_buffer("priors", priors)
+
+
+def test_training_lowers_loss_and_resumes_exactly(tmp_path):
+    train = _toy_features(64)
+    priors = kmeans_priors(torch.cat(train.gts), k=16, seed=0)
+    s = TrainSettings(epochs=8, batch_size=16, lr=1e-2, flip=True, top_k_eval=1)
+    torch.manual_seed(0)
+    full = _Model(priors)
+    rec = train_multibox(full, train, settings=s, out_dir=tmp_path / "a", progress=False, log=lambda m: None,
+                         val=train)
+    losses = [e["loss"] for e in rec["epochs"]]
+    assert losses[-1] < 0.5 * losses[0]
+    # the single most confident box finds the object: the head learned where the bright cell is
+    assert rec["epochs"][-1]["val"]["recall@0.5"] >= 0.9 > rec["epochs"][0]["val"]["recall@0.5"]
+    # kill after 2 epochs (simulated by a 2-epoch run with the same schedule), then resume to 4
+    torch.manual_seed(0)
+    part = _Model(priors)
+    two = s
+    ck_dir = tmp_path / "b"
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def log(msg):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_multibox(part, train, settings=two, out_dir=ck_dir, progress=False, log=log, val=train)
+    assert (ck_dir / "last.ckpt").exists()
+    torch.manual_seed(123)  # a fresh process: different global RNG, same result expected
+    resumed = _Model(priors)
+    msgs = []
+    rec2 = train_multibox(resumed, train, settings=two, out_dir=ck_dir, progress=False, log=msgs.append, val=train)
+    assert msgs[0].startswith("resumed from") and len(rec2["epochs"]) == 8
+    for a, b in zip(full.head.state_dict().values(), resumed.head.state_dict().values()):
+        torch.testing.assert_close(a, b)

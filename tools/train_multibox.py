@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Train the MultiBox proposal network on a split (frozen trunk; features computed once, cached).
+
+    python tools/train_multibox.py                       # train split, 12 epochs, checkpoints/multibox/train
+    python tools/train_multibox.py split=train_small train.epochs=2
+    python tools/train_multibox.py install=true          # also install as the package's embedded default
+
+Kill it and run the same command again: it resumes from the last finished epoch (and the cached features).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import hydra_support as hs
+
+hs.register_schemas()
+
+
+@hydra.main(config_path=hs.CONFIG_DIR, config_name="train_multibox", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from detection.models import build_backbone
+    from proposals.multibox.model import MultiBox, MultiBoxConfig
+    from proposals.multibox.train import TrainSettings, compute_features, train_multibox, train_priors
+    from proposals.multibox import default_model_path
+
+    hs.resolve_data_root(cfg)
+    cache = hs.resolve_cache_dir(cfg) / "multibox_features"
+    t0 = time.perf_counter()
+    train_ds = instantiate(cfg.dataset, _convert_="all")
+    val_ds = instantiate(cfg.val_dataset, _convert_="all") if cfg.val_dataset is not None else None
+    print(train_ds.summary())
+    mcfg = MultiBoxConfig(**OmegaConf.to_container(cfg.model))
+    tset = TrainSettings(**OmegaConf.to_container(cfg.train))
+    torch.manual_seed(tset.seed)
+    model = MultiBox(backbone=build_backbone(mcfg.backbone), cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4))
+    feats = compute_features(train_ds, model, cache_dir=cache)
+    val = compute_features(val_ds, model, cache_dir=cache) if val_ds is not None else None
+    t_feat = time.perf_counter() - t0
+    model.priors.copy_(train_priors(feats, k=mcfg.num_priors, seed=tset.seed))
+    print(f"features: {len(feats.ids)} train images in {t_feat:.0f} s; {mcfg.num_priors} k-means priors")
+    record = train_multibox(model, feats, settings=tset, out_dir=cfg.out_dir, val=val)
+    record.update({"dataset": train_ds.name, "val_dataset": val_ds.name if val_ds else None,
+                   "feature_seconds": t_feat, "total_seconds": time.perf_counter() - t0,
+                   "command": " ".join(sys.argv)})
+    from proposals.multibox.model import save_multibox
+
+    out = Path(cfg.out_dir) / "multibox.pt"
+    save_multibox(model, out, record=record)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if cfg.install:
+        dest = default_model_path()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, dest)
+        print(f"installed as the embedded default: {dest}")
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0]] + hs.rewrite_argv(sys.argv[1:])
+    main()

@@ -92,10 +92,11 @@ class ProposalStage:
     def _cache(self, dataset: DetectionDataset, src) -> ProposalCache:
         return ProposalCache(self.cache_root, dataset.name, src.method, src.settings)
 
-    def load(self, dataset: DetectionDataset) -> list[dict]:
-        """Per image: ``{"boxes", "source", "ss": ss boxes, "mb": (boxes, scores) | None, "seconds"}``, merged.
+    def load(self, dataset: DetectionDataset, *, skip_missing: bool = False) -> list[dict | None]:
+        """Per image: ``{"boxes", "source", "seconds"}`` (merged proposals, their source tags, compute time).
 
-        Raises ``RuntimeError`` naming the image if a cache entry is missing or stale (run :meth:`extract`).
+        A missing or stale cache entry raises ``RuntimeError`` naming the image (run :meth:`extract`), or gives
+        ``None`` with ``skip_missing`` (for images the extraction reported as unreadable).
         """
         ss_cache = self._cache(dataset, self.ss)
         mb_cache = self._cache(dataset, self.mb) if self.mb is not None else None
@@ -105,6 +106,9 @@ class ProposalStage:
             ss = ss_cache.load(r.image_id, sha)
             mb = mb_cache.load(r.image_id, sha) if mb_cache is not None else None
             if ss is None or (mb_cache is not None and mb is None):
+                if skip_missing:
+                    out.append(None)
+                    continue
                 raise RuntimeError(f"{r.path}: proposals missing or stale in {self.cache_root} for "
                                    f"{dataset.name}; run the extraction first")
             boxes, source = merge_proposals(

@@ -26,6 +26,7 @@ hs.register_schemas()
 
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="eval_proposals", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    from detection.data.records import DetectionDataset
     from proposals.pipeline import ProposalStage
     from proposals.report import format_report, plot_coverage, proposal_report
 
@@ -36,7 +37,13 @@ def main(cfg: DictConfig) -> float:
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache)
     for method, st in stage.extract(dataset, workers=cfg.workers).items():
         print(st.summary(f"{method} on {dataset.name}"))
-    rep = proposal_report(dataset, stage.load(dataset))
+    loaded = stage.load(dataset, skip_missing=True)
+    keep = [i for i, p in enumerate(loaded) if p is not None]
+    if len(keep) < len(dataset):
+        print(f"{len(dataset) - len(keep)} images without proposals (unreadable, reported above) are left out of "
+              f"the coverage figures")
+        dataset = DetectionDataset(dataset.name, [dataset.records[i] for i in keep], dataset.report)
+    rep = proposal_report(dataset, [loaded[i] for i in keep])
     ss = cfg.proposals.selective_search
     print(format_report(rep, title=f"{dataset.name}: selective search {ss.mode} k x {ss.k_scale:g} + "
                                    f"top {cfg.proposals.multibox.top_k} MultiBox"))

@@ -1,0 +1,119 @@
+"""Extraction with worker processes and torchrun ranks, resume, bad images; the proposal tools end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import PROJECT_ROOT
+from detection.data import read_voc
+from proposals.extract import SelectiveSearchSource, extract_split
+from proposals.pipeline import MultiBoxSettings, ProposalSettings, ProposalStage
+from proposals.selective_search import SelectiveSearchSettings
+
+sys.path.insert(0, str(PROJECT_ROOT / "tools"))
+import hydra_support as hs  # noqa: E402
+
+hs.register_schemas()
+SS_SMALL = SelectiveSearchSettings(resize_width=128)
+
+
+@pytest.fixture
+def tiny_voc(tmp_path):
+    """Four real photos (skimage) and one corrupt file, VOC layout."""
+    root = tmp_path / "tiny"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    photos = {"coffee": skimage.data.coffee(), "chelsea": skimage.data.chelsea(), "astronaut": skimage.data.astronaut(),
+              "rocket": skimage.data.rocket()}
+    boxes = {"coffee": (50, 20, 500, 380, "cup"), "chelsea": (60, 20, 420, 300, "cat"),
+             "astronaut": (100, 10, 400, 512, "person"), "rocket": (250, 50, 350, 400, "aeroplane")}
+    for name, img in photos.items():
+        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+    Image.fromarray(photos["coffee"]).save(root / "JPEGImages" / "broken.jpg", quality=90)
+    boxes["broken"] = (1, 1, 50, 50, "cat")
+    for name, (x1, y1, x2, y2, cls) in boxes.items():
+        cls = "diningtable" if cls == "cup" else cls
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>0</width><height>0</height></size>"
+            f"<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+            f"<ymax>{y2}</ymax></bndbox></object></annotation>")
+    data = (root / "JPEGImages" / "broken.jpg").read_bytes()
+    (root / "JPEGImages" / "broken.jpg").write_bytes(data[: len(data) // 3])  # header fine, data truncated
+    return root
+
+
+def test_extract_with_workers_resumes_and_reports_bad_images(tiny_voc, tmp_path):
+    ds = read_voc(tiny_voc, name="tiny")
+    src = SelectiveSearchSource(SS_SMALL)
+    st = extract_split(ds, src, cache_root=tmp_path / "c", workers=2, progress=False)
+    assert st.computed == 4 and st.cached == 0 and len(st.skipped) == 1
+    assert "broken.jpg: corrupt or truncated" in st.skipped[0]
+    again = extract_split(ds, src, cache_root=tmp_path / "c", workers=2, progress=False)
+    assert again.computed == 0 and again.cached == 4 and len(again.skipped) == 1
+    # same boxes as computing in this process, whichever worker computed them
+    stage = ProposalStage(ProposalSettings(selective_search=SS_SMALL, multibox=MultiBoxSettings(top_k=0),
+                                           dedup_iou=1.0), cache_root=tmp_path / "c")
+    good = read_voc(tiny_voc, name="tiny").verify_images(progress=False)
+    loaded = stage.load(good)
+    for rec, p in zip(good, loaded):
+        direct, _ = stage.propose(np.asarray(Image.open(rec.path).convert("RGB")))
+        assert np.array_equal(p["boxes"].numpy(), direct.numpy())
+
+
+def run_tool(*args, timeout=600):
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_torchrun_two_ranks_shard_and_merge(tiny_voc, tmp_path):
+    common = [f"dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
+              "proposals=rcnn", "proposals.selective_search.resize_width=128", "workers=1",
+              f"hydra.run.dir={tmp_path / 'run'}"]
+    r = run_tool(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                 "tools/extract_proposals.py", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "selective_search on tiny (2 ranks): 4 images computed" in r.stdout
+    assert "1 skipped" in r.stdout and "broken.jpg" in r.stdout
+    files = list((tmp_path / "cache" / "proposals" / "tiny").glob("selective_search-*/*.pt"))
+    assert len(files) == 4
+    # a single-process run afterwards finds everything cached
+    r = run_tool(sys.executable, "tools/extract_proposals.py", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 images computed" in r.stdout and "4 already cached" in r.stdout
+
+
+def test_eval_proposals_tool_and_sweep_summary(tiny_voc, tmp_path):
+    common = [f"dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
+              "proposals=rcnn", "proposals.selective_search.resize_width=128", "workers=2"]
+    r = run_tool(sys.executable, "tools/eval_proposals.py", "-m", *common,
+                 "proposals.selective_search.k_scale=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [j["overrides"].split()[-1] for j in jobs] == ["proposals.selective_search.k_scale=1",
+                                                        "proposals.selective_search.k_scale=2"]
+    assert jobs[0]["proposals/img"] > jobs[1]["proposals/img"] > 0
+    assert all(0 < j["coverage@0.5"] <= 1 for j in jobs)
+    assert "Sweep summary (2 jobs" in r.stdout and "coverage@0.5" in r.stdout
+    cov = json.loads((tmp_path / "sweep" / "0" / "coverage.json").read_text())
+    assert cov["images"] == 4 and cov["gt_boxes"] == 4 and cov["mb/img"] == 0
+    assert (tmp_path / "sweep" / "0" / "coverage.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("name", ["eval_proposals", "extract_proposals", "train_multibox"])
+@pytest.mark.parametrize("proposals", ["rcnn", "paper"])
+def test_proposal_configs_compose(name, proposals):
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        overrides = [] if name == "train_multibox" else [f"proposals={proposals}"]
+        cfg = compose(name, overrides=overrides + ["data_root=/data"])
+    if name != "train_multibox":
+        s = hs.proposal_settings(cfg.proposals)
+        assert s.selective_search.k_scale == (2.0 if proposals == "paper" else 1.0)
+        assert s.multibox.top_k == (200 if proposals == "paper" else 0)
+    else:
+        assert cfg.model.num_priors >= 200 and cfg.val_dataset._target_.startswith("detection.data")

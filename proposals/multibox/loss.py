@@ -12,12 +12,12 @@ __all__ = ["match", "multibox_loss", "matching_cost"]
 
 
 def matching_cost(pred: Tensor, logits: Tensor, gt: Tensor, *, alpha: float) -> Tensor:
-    """``cost[i, j]`` of assigning ground truth ``j`` to prediction ``i``: the part of the loss that depends on the
-    assignment, ``alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``.  ``pred [K, 4]``, ``logits [K]``, ``gt [G, 4]``
-    (normalised xyxy) -> ``[K, G]``."""
-    loc = 0.5 * alpha * torch.cdist(pred.double(), gt.double()).pow(2)
-    conf = (F.softplus(-logits.double()) - F.softplus(logits.double()))[:, None]  # -log c + log(1 - c)
-    return loc + conf
+    """``cost[i, j] = 1/2 ||l_i - g_j||^2`` of assigning ground truth ``j`` to prediction ``i`` (Erhan et al., eq. 2:
+    the match minimises F_match, the location term alone).  Confidences are deliberately not part of it: with them,
+    whichever slot is most confident would win every match wherever it points, and confidence would never learn to
+    depend on location.  ``pred [K, 4]``, ``gt [G, 4]`` (normalised xyxy) -> ``[K, G]``; ``logits``/``alpha`` unused
+    (kept for the signature shared with the loss)."""
+    return 0.5 * torch.cdist(pred.double(), gt.double()).pow(2)
 
 
 def match(pred: Tensor, logits: Tensor, gt: Tensor, *, alpha: float) -> tuple[Tensor, Tensor]:

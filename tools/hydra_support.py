@@ -167,7 +167,7 @@ class SweepSummary(Callback):
             for k in keys:
                 v = r.get(k)
                 cells.append(f"{100 * v:>13.2f}%" if (k.lower().endswith("map") or "@" in k) and isinstance(v, float)
-                             else f"{'-' if v is None else v:>14}")
+                             else f"{v:>14.2f}" if isinstance(v, float) else f"{'-' if v is None else v:>14}")
             status = "" if r["status"] == "ok" else f"  {r['status']}"
             lines.append(f"{r['swept']:<{width}}  " + "  ".join(cells) + status)
         table = "\n".join(lines)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 __all__ = ["ProposalCache", "settings_hash", "file_sha1", "CACHE_FORMAT"]
 
@@ -90,10 +89,6 @@ class ProposalCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-    def boxes(self, image_id: str) -> Tensor | None:
-        e = self.load(image_id)
-        return None if e is None else e["boxes"]
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:

@@ -59,7 +59,8 @@ class BackboneSpec:
     ``feature_channels`` / ``feature_stride``: the last feature map is ``[B, feature_channels, H/stride, W/stride]``
     for sizes that are multiples of the stride (others round as the network's padding and pooling make them).
     ``pooled_dim``: length of :meth:`Backbone.pool`'s vector.  ``mean`` / ``std``: per-channel RGB normalisation
-    of images in ``[0, 1]``.
+    of images in ``[0, 1]``.  ``mid_layer`` / ``mid_channels`` / ``mid_stride``: the finer map
+    :meth:`Backbone.forward_levels` also returns (small objects need more than the stride-32 map).
     """
 
     name: str
@@ -68,14 +69,19 @@ class BackboneSpec:
     pooled_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    mid_layer: str = ""  # submodule of ``features`` whose output is the stride-``mid_stride`` map
+    mid_channels: int = 0
+    mid_stride: int = 16
 
 
 _SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec(
-        name="lite0", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF
+        name="lite0", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
+        mid_layer="blocks.4", mid_channels=112, mid_stride=16,
     ),
     "googlenet": BackboneSpec(
-        name="googlenet", feature_channels=1024, feature_stride=32, pooled_dim=1024, mean=_HALF, std=_HALF
+        name="googlenet", feature_channels=1024, feature_stride=32, pooled_dim=1024, mean=_HALF, std=_HALF,
+        mid_layer="inception4e", mid_channels=832, mid_stride=16,
     ),
 }
 
@@ -98,6 +104,20 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Normalised ``Tensor[B, 3, H, W]`` -> last feature map ``Tensor[B, C, H/stride, W/stride]``."""
         return self.features(x)
+
+    def forward_levels(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised ``Tensor[B, 3, H, W]`` -> (stride-16 map ``[B, mid_channels, H/16, W/16]``, last feature map).
+
+        One pass through the network: the finer map is taken on the way by a forward hook on ``spec.mid_layer``.
+        """
+        taken: list[Tensor] = []
+        hook = self.features.get_submodule(self.spec.mid_layer).register_forward_hook(
+            lambda _m, _i, out: taken.append(out))
+        try:
+            last = self.features(x)
+        finally:
+            hook.remove()
+        return taken[-1], last
 
     def pool(self, fmap: Tensor) -> Tensor:
         """Global average pool: ``Tensor[B, C, h, w]`` -> ``Tensor[B, pooled_dim]``."""

@@ -31,6 +31,9 @@ class MultiBoxConfig:
     num_priors: int = 400
     reduce_channels: int = 128
     roi_size: int = 1
+    # also read the backbone's stride-16 map (FPN-style top-down merge): small objects need it (a 20 px object is
+    # under one cell of the stride-32 map)
+    mid_level: bool = False
     context: float = 1.5  # the RoI window is the prior enlarged by this factor around its centre
     hidden: int = 192
     global_dim: int = 128
@@ -40,14 +43,19 @@ class MultiBoxConfig:
 class MultiBoxHead(nn.Module):
     """Feature map ``[B, C, h, w]`` + priors ``[K, 4]`` (normalised xyxy) -> boxes ``[B, K, 4]``, logits ``[B, K]``."""
 
-    def __init__(self, *, in_channels: int, cfg: MultiBoxConfig):
+    def __init__(self, *, in_channels: int, cfg: MultiBoxConfig, mid_channels: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.mid_channels = mid_channels
         # per-image work (a 1x1 and a 3x3 conv on the small map) is cheap; per-slot work (the MLP) is kept small,
         # since it runs B x K times
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, cfg.reduce_channels, 1), nn.ReLU(inplace=True),
                                     nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
                                     nn.ReLU(inplace=True))
+        if mid_channels:  # top-down: the reduced stride-32 map, upsampled, plus a lateral 1x1 of the stride-16 map
+            self.lateral = nn.Conv2d(mid_channels, cfg.reduce_channels, 1)
+            self.smooth = nn.Sequential(nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
+                                        nn.ReLU(inplace=True))
         self.glob = nn.Sequential(nn.Linear(in_channels, cfg.global_dim), nn.ReLU(inplace=True))
         self.prior_embed = nn.Embedding(cfg.num_priors, cfg.prior_embed_dim)
         d_in = cfg.reduce_channels * cfg.roi_size ** 2 + cfg.global_dim + cfg.prior_embed_dim
@@ -60,10 +68,17 @@ class MultiBoxHead(nn.Module):
         nn.init.normal_(self.conf.weight, std=0.01)
         nn.init.constant_(self.conf.bias, -5.0)  # a few objects among hundreds of slots
 
-    def forward(self, fmap: Tensor, priors: Tensor) -> tuple[Tensor, Tensor]:
-        B, _, h, w = fmap.shape
+    def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``fmap [B, C, h, w]`` last map, ``priors [K, 4]``, ``mid [B, C_mid, 2h, 2w]`` the stride-16 map (needed
+        when the head was built with ``mid_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``."""
+        B = fmap.shape[0]
         K = priors.shape[0]
         r = self.reduce(fmap)
+        if self.mid_channels:
+            if mid is None:
+                raise ValueError("this MultiBox head reads the stride-16 map too: pass mid=")
+            r = self.smooth(self.lateral(mid) + F.interpolate(r, size=mid.shape[-2:], mode="nearest"))
+        h, w = r.shape[-2:]
         centre = (priors[:, :2] + priors[:, 2:]) / 2
         half = (priors[:, 2:] - priors[:, :2]) / 2 * self.cfg.context
         win = torch.cat([centre - half, centre + half], 1) * priors.new_tensor([w, h, w, h])
@@ -87,7 +102,8 @@ class MultiBox(nn.Module):
             raise ValueError(f"priors must be [{cfg.num_priors}, 4], got {tuple(priors.shape)}")
         self.cfg = cfg
         self.backbone = backbone
-        self.head = MultiBoxHead(in_channels=backbone.spec.feature_channels, cfg=cfg)
+        self.head = MultiBoxHead(in_channels=backbone.spec.feature_channels, cfg=cfg,
+                                 mid_channels=backbone.spec.mid_channels if cfg.mid_level else 0)
         self.register_buffer("priors", priors.float().clone())
 
     def preprocess(self, image_rgb: np.ndarray) -> Tensor:
@@ -96,9 +112,17 @@ class MultiBox(nn.Module):
         x = F.interpolate(x, size=(self.cfg.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         return self.backbone.normalize(x)
 
+    def trunk(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Normalised images ``[B, 3, S, S]`` -> (last map, stride-16 map or ``None``): what the head reads."""
+        if self.cfg.mid_level:
+            mid, last = self.backbone.forward_levels(x)
+            return last, mid
+        return self.backbone(x), None
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised images ``[B, 3, S, S]`` -> (boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``)."""
-        return self.head(self.backbone(x), self.priors)
+        last, mid = self.trunk(x)
+        return self.head(last, self.priors, mid)
 
     @torch.inference_mode()
     def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None) -> tuple[Tensor, Tensor]:

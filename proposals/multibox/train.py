@@ -44,12 +44,18 @@ class TrainSettings:
 @dataclass
 class FeatureSet:
     """Frozen-trunk features of a dataset: ``feats [N, C, s, s]`` fp16, ``gts[i]`` normalised xyxy ``[G_i, 4]``,
-    ``sizes[i] = (width, height)``, ``ids[i]`` image id."""
+    ``sizes[i] = (width, height)``, ``ids[i]`` image id; ``mids [N, C_mid, 2s, 2s]`` fp16, the stride-16 maps, for
+    heads that read them (else ``None``)."""
 
     feats: Tensor
     gts: list[Tensor]
     sizes: list[tuple[int, int]]
     ids: list[str]
+    mids: Tensor | None = None
+
+    def maps(self, sel) -> tuple[Tensor, Tensor | None]:
+        """(last maps, stride-16 maps or ``None``) of the images ``sel``, as float32."""
+        return self.feats[sel].float(), self.mids[sel].float() if self.mids is not None else None
 
 
 def _flip_boxes(g: Tensor) -> Tensor:
@@ -65,8 +71,9 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
 
     Images that cannot be decoded are reported and left out.  A chunk already on disk is reused (resume).
     """
-    key = settings_hash("multibox-features", {"dataset": dataset.name, "n": len(dataset), "backbone": model.cfg.backbone, "size": model.cfg.input_size,
-                                              "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
+    key = settings_hash("multibox-features", {
+        "dataset": dataset.name, "n": len(dataset), "backbone": model.cfg.backbone, "size": model.cfg.input_size,
+        "mid_level": model.cfg.mid_level, "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
     out_dir = Path(cache_dir) / f"{dataset.name}-{key}"
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -78,12 +85,15 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
         if path.exists():
             chunks.append(torch.load(path, weights_only=True))
             continue
-        feats, gts, sizes, ids, skipped = [], [], [], [], []
+        feats, mids, gts, sizes, ids, skipped = [], [], [], [], [], []
         batch: list[Tensor] = []
 
         def flush():
             if batch:
-                feats.append(model.backbone(torch.cat(batch)).half())
+                last, mid = model.trunk(torch.cat(batch))
+                feats.append(last.half())
+                if mid is not None:
+                    mids.append(mid.half())
                 batch.clear()
 
         for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
@@ -100,7 +110,7 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
                 flush()
         flush()
         chunk = {"feats": torch.cat(feats) if feats else torch.zeros(0), "gts": gts, "sizes": sizes, "ids": ids,
-                 "skipped": skipped}
+                 "skipped": skipped, "mids": torch.cat(mids) if mids else None}
         tmp = path.with_suffix(".tmp")
         torch.save(chunk, tmp)
         tmp.replace(path)
@@ -109,9 +119,11 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
         for s in c["skipped"]:
             print(f"features: skipped {s}")
     chunks = [c for c in chunks if len(c["ids"])]
+    has_mid = bool(chunks) and chunks[0].get("mids") is not None
     return FeatureSet(feats=torch.cat([c["feats"] for c in chunks]),
                       gts=[g for c in chunks for g in c["gts"]], sizes=[tuple(s) for c in chunks for s in c["sizes"]],
-                      ids=[i for c in chunks for i in c["ids"]])
+                      ids=[i for c in chunks for i in c["ids"]],
+                      mids=torch.cat([c["mids"] for c in chunks]) if has_mid else None)
 
 
 def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
@@ -130,7 +142,8 @@ def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_
     props, gts = [], []
     for s in range(0, len(idx), batch_size):
         sel = idx[s:s + batch_size]
-        boxes, logits = model.head(features.feats[sel].float(), model.priors)
+        last, mid = features.maps(sel)
+        boxes, logits = model.head(last, model.priors, mid)
         for j, i in enumerate(sel):
             w, h = features.sizes[i]
             props.append(to_pixel_boxes(boxes[j], logits[j], width=w, height=h, top_k=top_k)[0])
@@ -176,13 +189,15 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         for s in tqdm(range(0, len(perm), settings.batch_size), desc=f"epoch {epoch + 1}/{settings.epochs}",
                       unit="batch", leave=False, **bar):
             sel = perm[s:s + settings.batch_size]
-            x = train.feats[sel].float()
+            x, mid = train.maps(sel)
             gts = [train.gts[i] for i in sel.tolist()]
             if settings.flip:
                 mirror = torch.rand(len(sel), generator=gen) < 0.5
                 x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+                if mid is not None:
+                    mid = torch.where(mirror[:, None, None, None], mid.flip(-1), mid)
                 gts = [_flip_boxes(g) if m else g for g, m in zip(gts, mirror.tolist())]
-            boxes, logits = head(x, model.priors)
+            boxes, logits = head(x, model.priors, mid)
             loss, parts = multibox_loss(boxes, logits, gts, alpha=settings.alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from detection.models.region import RegionConfig
+from detection.training.roi import MemberSettings
 from proposals.multibox.model import MultiBoxConfig
 from proposals.multibox.train import TrainSettings
 from proposals.pipeline import ProposalSettings
@@ -35,11 +37,30 @@ class EvalConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    model: Optional[str] = None  # a region-classifier file; None: the embedded default
+    size: Optional[int] = None  # use the first `size` members; None: all
+    device: str = "cpu"
+
+
+@dataclass
+class DetectorConfig:
+    nms_iou: float = 0.3
+    max_per_class: int = 100
+    score_threshold: float = 0.01
+
+
+@dataclass
 class EvalMapConfig:
     dataset: Any = None
     data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    workers: int = 2
     detections: Optional[str] = None
     eval: EvalConfig = field(default_factory=EvalConfig)
+    proposals: ProposalSettings = field(default_factory=ProposalSettings)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 @dataclass
@@ -63,8 +84,25 @@ class ProposalsToolConfig:
     proposals: ProposalSettings = field(default_factory=ProposalSettings)
 
 
+@dataclass
+class TrainClassifierConfig:
+    dataset: Any = None
+    val_dataset: Any = None
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    workers: int = 2
+    out_dir: str = "checkpoints/classifier"
+    install: bool = False
+    # train only these members (e.g. [0, 1]); null: all of model.members
+    only_members: Optional[list] = None
+    proposals: ProposalSettings = field(default_factory=ProposalSettings)
+    model: RegionConfig = field(default_factory=RegionConfig)
+    train: MemberSettings = field(default_factory=MemberSettings)
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="train_classifier_schema", node=TrainClassifierConfig)
     cs.store(name="proposals_tool_schema", node=ProposalsToolConfig)
     cs.store(name="eval_map_schema", node=EvalMapConfig)
     cs.store(name="train_multibox_schema", node=TrainMultiBoxConfig)
@@ -81,6 +119,22 @@ def proposal_settings(cfg: DictConfig) -> ProposalSettings:
                             min_size=c["min_size"])
 
 
+def build_detector(cfg: DictConfig, *, with_proposals: bool = True):
+    """The detector of a tool config (``ensemble``, ``detector`` and ``proposals`` nodes)."""
+    from detection.detector import Detector, DetectorSettings
+    from detection.models.region import load_ensemble
+
+    model = load_ensemble(cfg.ensemble.model, device=cfg.ensemble.device)
+    settings = DetectorSettings(nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
+                                score_threshold=cfg.detector.score_threshold, members=cfg.ensemble.size)
+    stage = None
+    if with_proposals:
+        from proposals.pipeline import ProposalStage
+
+        stage = ProposalStage(proposal_settings(cfg.proposals), cache_root=resolve_cache_dir(cfg) / "proposals")
+    return Detector(classifier=model, proposals=stage, settings=settings)
+
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world size); under torchrun, joins the gloo process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -91,6 +145,14 @@ def distributed_context() -> tuple[int, int]:
             dist.init_process_group("gloo")
         return dist.get_rank(), world
     return 0, 1
+
+
+def barrier(world_size: int) -> None:
+    """Wait for every torchrun rank (no-op in a single process)."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def resolve_cache_dir(cfg: DictConfig) -> Path:

@@ -1,0 +1,137 @@
+"""The detector: proposals -> region-classifier ensemble -> per-class NMS -> detections in DET-200 labels.
+
+No bounding-box regression (the paper's configuration): a detection's box is its proposal.  Boxes are
+``Tensor[N, 4]`` float ``(x1, y1, x2, y2)``, absolute pixels, no +1.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from detection.models.region import RegionEnsemble
+
+__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "Detector", "detect_dataset"]
+
+
+@dataclass
+class DetectorSettings:
+    nms_iou: float = 0.3  # R-CNN's per-class NMS threshold
+    max_per_class: int = 100  # per image
+    score_threshold: float = 0.01
+    members: int | None = None  # use the first ``members`` members of the ensemble (None: all)
+
+
+@dataclass
+class DetectionResult:
+    """Detections of one image: ``boxes [D, 4]`` xyxy pixels, ``scores [D]``, ``labels [D]`` DET-200 (1..200), best
+    first; ``seconds`` per stage (``proposals``, ``classify``, ``nms``); ``num_proposals``."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    num_proposals: int = 0
+    seconds: dict = field(default_factory=dict)
+
+
+def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_class: int = 100,
+                score_threshold: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class NMS of class scores.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` proposals.  probs: ``Tensor[N, C + 1]`` softmax, column 0 background.
+    Returns:
+        (boxes ``[D, 4]``, scores ``[D]``, labels ``[D]`` in 1..C), by descending score; every (proposal, class)
+        with a score >= ``score_threshold`` is a candidate, NMS at ``nms_iou`` runs within each class, and each
+        class keeps at most ``max_per_class`` boxes.
+    """
+    if probs.shape[0] != boxes.shape[0]:
+        raise ValueError(f"{boxes.shape[0]} boxes but {probs.shape[0]} rows of scores")
+    cls_scores = probs[:, 1:].float()
+    idx, cls = torch.nonzero(cls_scores >= score_threshold, as_tuple=True)
+    if idx.numel() == 0:
+        return boxes.new_zeros((0, 4)).float(), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    b, s, lab = boxes[idx].float(), cls_scores[idx, cls], cls + 1
+    keep = batched_nms(b, s, lab, nms_iou)  # sorted by decreasing score
+    b, s, lab = b[keep], s[keep], lab[keep]
+    if max_per_class > 0:
+        # rank of each detection within its class (detections are already sorted by score)
+        order = torch.argsort(lab, stable=True)
+        sorted_lab = lab[order]
+        first = torch.searchsorted(sorted_lab, sorted_lab, side="left")
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order)) - first
+        ok = rank < max_per_class
+        b, s, lab = b[ok], s[ok], lab[ok]
+    return b, s, lab
+
+
+class Detector:
+    """Proposals (a ``ProposalStage`` or given boxes) -> ensemble -> :func:`postprocess`."""
+
+    def __init__(self, *, classifier: RegionEnsemble, proposals=None, settings: DetectorSettings | None = None):
+        self.classifier = classifier.eval()
+        self.proposals = proposals
+        self.settings = settings or DetectorSettings()
+
+    def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None) -> DetectionResult:
+        """Detect objects in one ``uint8[H, W, 3]`` RGB image; ``boxes``: precomputed proposals (else the stage's)."""
+        t0 = time.perf_counter()
+        seconds = {}
+        if boxes is None:
+            if self.proposals is None:
+                raise ValueError("no proposals: pass boxes= or build the Detector with a proposal stage")
+            boxes, _ = self.proposals.propose(image_rgb)
+            seconds["proposals"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members)
+        t2 = time.perf_counter()
+        b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,
+                                max_per_class=self.settings.max_per_class,
+                                score_threshold=self.settings.score_threshold)
+        seconds.update(classify=t2 - t1, nms=time.perf_counter() - t2)
+        return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
+
+
+def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):
+    """Run ``detector`` over every image of ``dataset`` with precomputed ``proposals`` (one ``Tensor[N, 4]`` or
+    ``None`` per record, e.g. from a proposal cache).
+
+    Returns ``(Detections, stats)``; images that cannot be read or have no proposals are skipped, counted in
+    ``stats["skipped"]`` (a list of messages) and reported through ``log``.  ``stats`` also sums the seconds per stage.
+    """
+    from tqdm import tqdm
+
+    from detection.data.image_io import ImageDecodeError, read_image_rgb
+    from detection.evaluation.detections import Detections
+
+    per_image, positions, skipped = [], [], []
+    seconds = {"read": 0.0, "classify": 0.0, "nms": 0.0}
+    n_props = 0
+    for i, (r, props) in enumerate(tqdm(list(zip(dataset.records, proposals)), desc=f"detect {dataset.name}",
+                                        unit="img", disable=not progress)):
+        if props is None:
+            skipped.append(f"{r.path}: no proposals")
+            continue
+        t0 = time.perf_counter()
+        try:
+            img = read_image_rgb(r.path)
+        except ImageDecodeError as e:
+            skipped.append(str(e))
+            continue
+        seconds["read"] += time.perf_counter() - t0
+        res = detector.detect(img, boxes=props)
+        for k in ("classify", "nms"):
+            seconds[k] += res.seconds[k]
+        n_props += res.num_proposals
+        per_image.append((res.boxes, res.scores, res.labels))
+        positions.append(i)
+    for s in skipped:
+        log(f"detect: skipped {s}")
+    dets = Detections.from_per_image(per_image, positions)
+    return dets, {"images": len(positions), "positions": positions, "skipped": skipped, "seconds": seconds,
+                  "proposals_per_image": n_props / max(len(positions), 1)}

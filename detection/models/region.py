@@ -1,0 +1,263 @@
+"""Region classifiers and their ensemble: proposals of one image -> 201-way softmax (background + DET-200), averaged.
+
+Two ways to get a proposal's features (``RegionConfig.mode``):
+
+* ``warp`` -- R-CNN, the paper: each proposal is context-padded and warped to ``crop_size`` (224) and goes through the
+  whole backbone; the globally pooled last map feeds the member's head.  With ``shared_trunk=False`` every member owns
+  (and fine-tunes) its whole backbone: the paper's six GoogLeNets.
+* ``roi``  -- SPPnet / Fast R-CNN: the trunk runs once on the whole image (shorter side ``image_size``) and each
+  context-padded proposal is RoI-aligned from the last feature map.  Far cheaper on a CPU: the embedded default.
+
+Members of a ``shared_trunk`` ensemble share one frozen ImageNet trunk (up to the backbone's last block, the
+"stem"); each member owns its head, and the frozen last block (the "neck") is shared too.  The ensemble averages
+the members' softmax (the paper).  Boxes are ``Tensor[N, 4]`` float xyxy, absolute pixels, no +1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from detection.crops import context_boxes, warp_crops
+from detection.models.backbones import Backbone
+
+__all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
+           "load_ensemble", "default_region_model_path"]
+
+MODES = ("roi", "warp")
+NUM_CLASSES = 201  # background + the 200 ILSVRC DET classes
+
+
+@dataclass
+class RegionConfig:
+    """Architecture of a region-classifier ensemble (saved with it)."""
+
+    backbone: str = "lite0"
+    mode: str = "roi"
+    members: int = 6
+    shared_trunk: bool = True  # False: each member owns its whole backbone (the paper's configuration)
+    num_classes: int = NUM_CLASSES
+    crop_size: int = 224  # warp: proposals are warped to crop_size x crop_size
+    context_padding: int = 16  # pixels of context around a box at crop_size (R-CNN: 16 at 224)
+    image_size: int = 480  # roi: the image's shorter side is resized to this ...
+    max_image_size: int = 800  # ... unless its longer side would pass this
+    roi_size: int = 2  # roi: RoIAlign grid on the last map (frozen features; the heads are MLPs on them)
+    hidden: int = 256  # hidden layer of the head (0: a linear head)
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"RegionConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.members < 1:
+            raise ValueError(f"RegionConfig.members must be >= 1, got {self.members}")
+        if self.num_classes < 2:
+            raise ValueError("RegionConfig.num_classes counts background + classes: at least 2")
+
+
+def _mlp(d_in: int, *, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    if hidden <= 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, num_classes))
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+
+
+def roi_pool(fmap: Tensor, rois: Tensor, *, roi_size: int) -> Tensor:
+    """Last feature map ``[B, C, h, w]`` + RoIs ``[R, 5]`` (batch index, xyxy in map cells) -> ``[R, C, s, s]``."""
+    return roi_align(fmap, rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+class RoIHead(nn.Module):
+    """RoI-pooled features ``[R, C, s, s]`` (:func:`roi_pool` of the last map) -> logits ``[R, classes]``.
+
+    The pooling has no parameters, so training can cache pooled features and the members share them at test time.
+    """
+
+    def __init__(self, *, in_channels: int, cfg: RegionConfig):
+        super().__init__()
+        self.classifier = _mlp(in_channels * cfg.roi_size ** 2, hidden=cfg.hidden, num_classes=cfg.num_classes,
+                               dropout=cfg.dropout)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.classifier(pooled.flatten(1))
+
+
+class PooledHead(nn.Module):
+    """Last feature maps of warped crops ``[N, C, h, w]`` -> logits ``[N, classes]`` (global average pool + MLP)."""
+
+    def __init__(self, *, in_channels: int, cfg: RegionConfig):
+        super().__init__()
+        self.classifier = _mlp(in_channels, hidden=cfg.hidden, num_classes=cfg.num_classes, dropout=cfg.dropout)
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        return self.classifier(fmap.mean((2, 3)))
+
+
+def split_backbone(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
+    """(stem, neck): ``backbone.features`` cut before its last block (lite0: ``conv_head`` + BN; googlenet:
+    ``inception5b``).  Training caches the stem's output and runs the neck on the fly (a quarter of the bytes)."""
+    n = 2 if backbone.spec.name == "lite0" else 1
+    layers = list(backbone.features.children())
+    return nn.Sequential(*layers[:-n]), nn.Sequential(*layers[-n:])
+
+
+class RegionEnsemble(nn.Module):
+    """M region classifiers; :meth:`predict` gives the averaged softmax of one image's proposals.
+
+    ``backbones``: one (shared trunk) or ``cfg.members`` (each member owns one).  No device is hard-coded: move the
+    module with ``.to(device)``; images and boxes follow it.
+    """
+
+    def __init__(self, *, cfg: RegionConfig, backbones: list[Backbone]):
+        super().__init__()
+        want = 1 if cfg.shared_trunk else cfg.members
+        if len(backbones) != want:
+            raise ValueError(f"{'a shared trunk needs 1 backbone' if cfg.shared_trunk else f'{want} members need {want} backbones'}, "
+                             f"got {len(backbones)}")
+        self.cfg = cfg
+        self.backbones = nn.ModuleList(backbones)
+        c = backbones[0].spec.feature_channels
+        head = RoIHead if cfg.mode == "roi" else PooledHead
+        self.heads = nn.ModuleList(head(in_channels=c, cfg=cfg) for _ in range(cfg.members))
+        self.record: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.heads.parameters()).device
+
+    def _backbone(self, member: int) -> Backbone:
+        return self.backbones[0 if self.cfg.shared_trunk else member]
+
+    # ------------------------------------------------------------------ inputs
+
+    def image_scale(self, width: int, height: int) -> float:
+        """roi mode: the factor that brings the shorter side to ``image_size`` (longer side at most ``max_image_size``)."""
+        return min(self.cfg.image_size / min(width, height), self.cfg.max_image_size / max(width, height))
+
+    def prepare_image(self, image_rgb: np.ndarray) -> tuple[Tensor, float]:
+        """``uint8[H, W, 3]`` -> (normalised ``[3, h, w]`` on the module's device, scale).  roi mode resizes
+        (bilinear, antialiased) by :meth:`image_scale`; warp mode keeps the original pixels (scale 1)."""
+        x = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).to(self.device)
+        x = x.float() / 255.0
+        scale = 1.0
+        if self.cfg.mode == "roi":
+            h, w = image_rgb.shape[:2]
+            scale = self.image_scale(w, h)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
+        return self.backbones[0].normalize(x), scale
+
+    def rois(self, boxes: Tensor, *, scale: float, batch_index: Tensor | int = 0) -> Tensor:
+        """roi mode: proposals in image pixels -> ``[N, 5]`` RoIs in cells of the last map, context-padded like
+        R-CNN's crops."""
+        stride = self.backbones[0].spec.feature_stride
+        win = context_boxes(boxes.to(self.device), size=self.cfg.crop_size, padding=self.cfg.context_padding)
+        idx = torch.as_tensor(batch_index, dtype=win.dtype, device=win.device).expand(win.shape[0])
+        return torch.cat([idx[:, None], win * (scale / stride)], 1)
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.inference_mode()
+    def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64) -> Tensor:
+        """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``."""
+        x, scale = self.prepare_image(image_rgb)
+        boxes = boxes.float().to(self.device)
+        M, N = self.cfg.members, boxes.shape[0]
+        out = torch.zeros(M, N, self.cfg.num_classes, device=self.device)
+        if N == 0:
+            return out
+        if self.cfg.mode == "roi":
+            rois = self.rois(boxes, scale=scale)
+            pooled = {}
+            for m in range(M):
+                key = 0 if self.cfg.shared_trunk else m
+                if key not in pooled:
+                    pooled[key] = roi_pool(self._backbone(m)(x[None]), rois, roi_size=self.cfg.roi_size)
+                out[m] = self.heads[m](pooled[key])
+            return out
+        for s in range(0, N, batch_size):  # warp: crops in batches, the trunk once per batch if shared
+            crops = warp_crops(x, boxes[s:s + batch_size], size=self.cfg.crop_size, padding=self.cfg.context_padding)
+            fmaps = {}
+            for m in range(M):
+                key = 0 if self.cfg.shared_trunk else m
+                if key not in fmaps:
+                    fmaps[key] = self._backbone(m)(crops)
+                out[m, s:s + batch_size] = self.heads[m](fmaps[key])
+        return out
+
+    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None) -> Tensor:
+        """Averaged softmax of the first ``members`` members (all by default): ``Tensor[N, classes]``, CPU float."""
+        logits = self.member_logits(image_rgb, boxes)
+        if members is not None:
+            if not 1 <= members <= self.cfg.members:
+                raise ValueError(f"members must be in 1..{self.cfg.members}, got {members}")
+            logits = logits[:members]
+        return logits.float().softmax(-1).mean(0).cpu()
+
+
+# ------------------------------------------------------------------ persistence
+
+
+def default_region_model_path():
+    """Where the embedded default region-classifier ensemble ships inside the package."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "weights" / "region_lite0.pt"
+
+
+def save_ensemble(model: RegionEnsemble, path, *, record: dict | None = None, with_backbones: bool | None = None
+                  ) -> None:
+    """Save config, class list, heads (fp16) and training record; the backbones too when they were trained
+    (``with_backbones``; default: when the members own their backbones).  Atomic (temp file + rename)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from detection.labels import det200
+
+    if with_backbones is None:
+        with_backbones = not model.cfg.shared_trunk
+    heads = {k: v.half() if v.is_floating_point() else v for k, v in model.heads.state_dict().items()}
+    blob = {"config": asdict(model.cfg), "classes": list(det200().wnids),
+            "heads": heads, "record": record or model.record or {},
+            "backbones": model.backbones.state_dict() if with_backbones else None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_ensemble(path=None, *, backbone_weights: str | None = "imagenet", device: str | torch.device = "cpu"
+                  ) -> RegionEnsemble:
+    """Load a :func:`save_ensemble` file (``weights_only=True``; default: the embedded model), in eval mode.
+
+    Backbones saved in the file are used; otherwise they are built with ``backbone_weights``.  The file's class list
+    must be the DET-200 list this package uses (a ``ValueError`` otherwise).
+    """
+    from pathlib import Path
+
+    from detection.labels import det200
+    from detection.models.backbones import build_backbone
+
+    path = Path(path) if path is not None else default_region_model_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: region-classifier model not found (train one with "
+                                f"tools/train_classifier.py)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = RegionConfig(**blob["config"])
+    want = list(det200().wnids)
+    if cfg.num_classes == NUM_CLASSES and blob["classes"] != want:
+        raise ValueError(f"{path}: its class list is not this package's DET-200 order")
+    n = 1 if cfg.shared_trunk else cfg.members
+    saved = blob.get("backbones")
+    backbones = [build_backbone(cfg.backbone, weights=None if saved is not None else backbone_weights)
+                 for _ in range(n)]
+    model = RegionEnsemble(cfg=cfg, backbones=backbones)
+    if saved is not None:
+        model.backbones.load_state_dict(saved)
+    model.heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["heads"].items()})
+    model.record = blob.get("record", {})
+    return model.to(device).eval()

@@ -1,0 +1,220 @@
+"""Training ``roi``-mode ensemble members on a frozen trunk: RoI features pooled once (cached), MLP heads trained.
+
+R-CNN fine-tuning semantics (``sampler``): a proposal with IoU >= 0.5 to a ground-truth box is a positive of its class,
+the rest background; ground-truth boxes join as positives.  Each training image contributes a fixed pool of RoIs (up to
+``fg_per_image`` positives and ``bg_per_image`` background, half of it near misses with IoU in [0.1, 0.5)), pooled
+once from the frozen trunk's map.  Mini-batches are R-CNN's: ``rois_per_batch`` (128) with a ``fg_fraction`` (1/4:
+32 positives + 96 background), drawn across all images; horizontal flips (the pooled grid mirrored).  Members differ
+in seed (init, order, draws, flips) and in sampling (odd members draw background only from the near misses).
+
+Nothing is lost to a kill: feature chunks and per-epoch checkpoints are written atomically; a restart with the same
+settings continues.  Under ``torchrun`` every rank takes its share of each mini-batch and DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from detection.data.image_io import ImageDecodeError, read_image_rgb
+from detection.data.records import DetectionDataset
+from detection.models.region import RegionEnsemble, roi_pool
+from detection.training.sampler import label_proposals
+
+__all__ = ["MemberSettings", "RoIPool", "compute_roi_features", "train_member", "member_bg_iou_low"]
+
+CHUNK = 64
+
+
+@dataclass
+class MemberSettings:
+    epochs: int = 8
+    rois_per_batch: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    fg_per_image: int = 32  # the cached pool of RoIs per training image
+    bg_per_image: int = 48
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    flip: bool = True
+
+
+@dataclass
+class RoIPool:
+    """Pooled RoI features of a training split: ``feats [R, C, s, s]`` fp16, ``labels [R]``, ``max_iou [R]``,
+    ``image [R]`` (position of the RoI's image in the dataset), and the messages of skipped images."""
+
+    feats: Tensor
+    labels: Tensor
+    max_iou: Tensor
+    image: Tensor
+    skipped: list
+
+
+def member_bg_iou_low(member: int) -> float:
+    """Background lower IoU bound of member ``member``: the members differ in sampling (the paper's did)."""
+    return 0.1 if member % 2 else 0.0
+
+
+def _pick(idx: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    return idx[torch.randperm(len(idx), generator=gen)[:n]]
+
+
+def pool_indices(labels: Tensor, max_iou: Tensor, *, fg: int, bg: int, gen: torch.Generator) -> Tensor:
+    """One image's cached RoIs: up to ``fg`` positives, ``bg`` background (half near misses, IoU >= 0.1, half the
+    rest; a short side is filled from the other)."""
+    pos = _pick(torch.nonzero(labels > 0).flatten(), fg, gen)
+    near = torch.nonzero((labels == 0) & (max_iou >= 0.1)).flatten()
+    far = torch.nonzero((labels == 0) & (max_iou < 0.1)).flatten()
+    n_near = min(len(near), max(bg // 2, bg - len(far)))
+    return torch.cat([pos, _pick(near, n_near, gen), _pick(far, bg - n_near, gen)])
+
+
+@torch.inference_mode()
+def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, proposals: list[Tensor | None], *,
+                         settings: MemberSettings, cache_dir: str | Path, key: str, progress: bool = True,
+                         log=print, shard: tuple[int, int] | None = None) -> RoIPool | None:
+    """Pooled RoI features of every image, cached in chunks under ``cache_dir/key``.
+
+    ``proposals[i]``: the proposals of ``dataset.records[i]`` (``None``: an image the proposal stage could not read).
+    Unreadable images are reported and skipped.  ``shard=(rank, world_size)``: only compute (and cache) chunks
+    ``rank::world_size`` and return ``None`` -- under torchrun each rank fills its part of the cache, then, after a
+    barrier, every rank reads all of it.
+    """
+    trunk = model.backbones[0].eval()
+    out_dir = Path(cache_dir) / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts, skipped = [], []
+    n_chunks = math.ceil(len(dataset) / CHUNK)
+    for ci in tqdm(range(n_chunks), desc=f"RoI features {dataset.name}", unit="chunk", disable=not progress):
+        path = out_dir / f"chunk{ci:05d}.pt"
+        if shard is not None and (ci % shard[1] != shard[0] or path.exists()):
+            continue
+        if path.exists():
+            chunk = torch.load(path, weights_only=True)
+        else:
+            chunk = {"feats": [], "labels": [], "max_iou": [], "image": [], "skipped": []}
+            for j, r in enumerate(dataset.records[ci * CHUNK:(ci + 1) * CHUNK]):
+                pos = ci * CHUNK + j
+                if proposals[pos] is None:
+                    chunk["skipped"].append(f"{r.path}: no proposals")
+                    continue
+                try:
+                    img = read_image_rgb(r.path)
+                except ImageDecodeError as e:
+                    chunk["skipped"].append(str(e))
+                    continue
+                boxes, labels, max_iou = label_proposals(proposals[pos], r.boxes, r.labels, fg_iou=settings.fg_iou)
+                gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + pos)
+                keep = pool_indices(labels, max_iou, fg=settings.fg_per_image, bg=settings.bg_per_image, gen=gen)
+                x, scale = model.prepare_image(img)
+                pooled = roi_pool(trunk(x[None]), model.rois(boxes[keep], scale=scale),
+                                  roi_size=model.cfg.roi_size)
+                chunk["feats"].append(pooled.half().cpu())
+                chunk["labels"].append(labels[keep])
+                chunk["max_iou"].append(max_iou[keep])
+                chunk["image"].append(torch.full((len(keep),), pos, dtype=torch.int64))
+            chunk = {k: (torch.cat(v) if v else None) if k != "skipped" else v for k, v in chunk.items()}
+            tmp = path.with_suffix(".tmp")
+            torch.save(chunk, tmp)
+            tmp.replace(path)
+        if shard is None:
+            parts.append(chunk)
+            skipped += chunk["skipped"]
+    if shard is not None:
+        return None
+    for s in skipped:
+        log(f"RoI features: skipped {s}")
+    parts = [p for p in parts if p["feats"] is not None]
+    if not parts:
+        raise RuntimeError(f"{dataset.name}: no training RoIs (every image was skipped)")
+    return RoIPool(*(torch.cat([p[k] for p in parts]) for k in ("feats", "labels", "max_iou", "image")),
+                   skipped=skipped)
+
+
+def train_member(model: RegionEnsemble, member: int, pool: RoIPool, *, settings: MemberSettings,
+                 out_dir: str | Path, rank: int = 0, world_size: int = 1, progress: bool = True, log=print) -> dict:
+    """Train ``model.heads[member]`` on ``pool``; checkpoint every epoch to ``out_dir/member{m}.ckpt``; resume.
+
+    An epoch draws every positive once (``fg_fraction * rois_per_batch`` per batch) with fresh background.
+    Returns the member's training record (per-epoch loss, RoI accuracy, seconds).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / f"member{member}.ckpt"
+    head = model.heads[member]
+    torch.manual_seed(settings.seed * 7919 + member)  # the member's own initialisation
+    for mod in head.modules():
+        if isinstance(mod, nn.Linear):
+            mod.reset_parameters()
+    ddp = head
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(head)
+    bg_low = member_bg_iou_low(member)
+    fg_idx = torch.nonzero(pool.labels > 0).flatten()
+    bg_idx = torch.nonzero((pool.labels == 0) & (pool.max_iou >= bg_low)).flatten()
+    n_fg = round(settings.rois_per_batch * settings.fg_fraction)
+    n_bg = settings.rois_per_batch - n_fg
+    if len(fg_idx) == 0 or len(bg_idx) == 0:
+        raise RuntimeError(f"member {member}: the RoI pool has {len(fg_idx)} positives and {len(bg_idx)} background")
+    steps = math.ceil(len(fg_idx) / n_fg)
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps,
+                                                pct_start=0.1)
+    record = {"member": member, "settings": asdict(settings), "bg_iou_low": bg_low, "positives": len(fg_idx),
+              "background": len(bg_idx), "epochs": []}
+    start = 0
+    if ckpt.exists():
+        ck = torch.load(ckpt, weights_only=True)
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        record, start = ck["record"], ck["epoch"] + 1
+        log(f"member {member}: resumed from {ckpt} after epoch {start}")
+    t0 = time.perf_counter()
+    for epoch in range(start, settings.epochs):
+        # one generator per (member, epoch): a resumed run draws exactly what an uninterrupted one would
+        gen = torch.Generator().manual_seed((settings.seed * 1000 + member) * 100_003 + epoch)
+        fg_perm = fg_idx[torch.randperm(len(fg_idx), generator=gen)]
+        head.train()
+        tot = {"loss": 0.0, "correct": 0, "n": 0}
+        for s in tqdm(range(steps), desc=f"member {member} epoch {epoch + 1}/{settings.epochs}", unit="step",
+                      leave=False, disable=not progress or rank != 0):
+            fg = fg_perm[s * n_fg:(s + 1) * n_fg]
+            if len(fg) < n_fg:  # the last batch: top up with positives from the start of the epoch
+                fg = torch.cat([fg, fg_perm[:n_fg - len(fg)]])
+            bg = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=gen)]
+            batch = torch.cat([fg, bg])
+            flip = torch.rand(len(batch), generator=gen) < 0.5 if settings.flip else torch.zeros(len(batch), dtype=torch.bool)
+            mine = slice(rank, None, world_size)  # every rank takes its share of the batch
+            x = pool.feats[batch[mine]].float()
+            x = torch.where(flip[mine][:, None, None, None], x.flip(-1), x)
+            y = pool.labels[batch[mine]]
+            logits = ddp(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot["loss"] += float(loss.detach()) * len(y)
+            tot["correct"] += int((logits.detach().argmax(1) == y).sum())
+            tot["n"] += len(y)
+        ep = {"epoch": epoch + 1, "loss": tot["loss"] / tot["n"], "roi_accuracy": tot["correct"] / tot["n"]}
+        record["epochs"].append(ep)
+        log(f"member {member} epoch {epoch + 1}: loss {ep['loss']:.3f}, RoI accuracy {ep['roi_accuracy']:.3f}")
+        if rank == 0:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "record": record, "epoch": epoch}, tmp)
+            tmp.replace(ckpt)
+    record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
+    return record

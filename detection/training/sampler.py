@@ -1,0 +1,50 @@
+"""R-CNN fine-tuning samples: proposals labelled by overlap with the ground truth, mini-batches of fixed fg share.
+
+A proposal whose best IoU with a ground-truth box is >= ``fg_iou`` (0.5) is a positive of that box's class; the
+rest are background (R-CNN; ``bg_iou_low > 0`` keeps only background with IoU in ``[bg_iou_low, fg_iou)``, Fast
+R-CNN's hard-ish negatives).  Ground-truth boxes themselves join the proposals as positives (R-CNN).  Boxes are
+``Tensor[N, 4]`` xyxy pixels, no +1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+__all__ = ["label_proposals", "sample_indices"]
+
+
+def label_proposals(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, fg_iou: float = 0.5,
+                    add_gt: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Label each proposal with the class of its best-overlapping ground truth, or 0 (background).
+
+    Returns ``(boxes [P', 4], labels [P'] int64, max_iou [P'])``; with ``add_gt`` the ground-truth boxes come first
+    (IoU 1 with themselves).
+    """
+    boxes = proposals.float().reshape(-1, 4)
+    gt_boxes = gt_boxes.float().reshape(-1, 4)
+    if add_gt and len(gt_boxes):
+        boxes = torch.cat([gt_boxes, boxes])
+    labels = torch.zeros(len(boxes), dtype=torch.int64)
+    max_iou = torch.zeros(len(boxes))
+    if len(gt_boxes) and len(boxes):
+        iou = box_iou(boxes, gt_boxes)  # [P', G]
+        max_iou, arg = iou.max(1)
+        fg = max_iou >= fg_iou
+        labels[fg] = gt_labels.long()[arg[fg]]
+    return boxes, labels, max_iou
+
+
+def sample_indices(labels: Tensor, max_iou: Tensor, *, num: int, fg_fraction: float, generator: torch.Generator,
+                   bg_iou_low: float = 0.0) -> Tensor:
+    """Indices of one image's mini-batch share: up to ``round(num * fg_fraction)`` positives drawn at random without
+    replacement, the rest background (fewer positives -> more background; too few of either -> a smaller batch)."""
+    fg = torch.nonzero(labels > 0).flatten()
+    bg = torch.nonzero((labels == 0) & (max_iou >= bg_iou_low)).flatten()
+    if bg_iou_low > 0 and len(bg) < num:  # an image with few near misses: fall back to all background
+        bg = torch.nonzero(labels == 0).flatten()
+    n_fg = min(len(fg), round(num * fg_fraction))
+    n_bg = min(len(bg), num - n_fg)
+    pick_fg = fg[torch.randperm(len(fg), generator=generator)[:n_fg]]
+    pick_bg = bg[torch.randperm(len(bg), generator=generator)[:n_bg]]
+    return torch.cat([pick_fg, pick_bg])

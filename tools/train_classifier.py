@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Train the region-classifier ensemble (R-CNN fine-tuning) on a split's cached proposals.
+
+    python tools/train_classifier.py                                   # embedded default: lite0, roi mode, 6 members
+    python tools/train_classifier.py split=train_small train.epochs=2 model.members=2
+    python tools/train_classifier.py install=true                      # also install as the embedded default
+    torchrun --nproc_per_node=2 tools/train_classifier.py workers=1    # DDP over 2 processes (gloo on CPU)
+    python tools/train_classifier.py model=paper split=train_small     # six GoogLeNets, warped crops, fine-tuned whole
+
+Kill it and run the same command again: proposals, trunk features and finished epochs are reused.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import hydra_support as hs
+
+hs.register_schemas()
+
+
+@hydra.main(config_path=hs.CONFIG_DIR, config_name="train_classifier", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from detection.data.records import DetectionDataset
+    from detection.models.backbones import build_backbone
+    from detection.models.region import RegionConfig, RegionEnsemble, default_region_model_path, save_ensemble
+    from detection.training.roi import MemberSettings, compute_roi_features, train_member
+    from proposals.cache import settings_hash
+    from proposals.pipeline import ProposalStage
+
+    hs.resolve_data_root(cfg)
+    cache = hs.resolve_cache_dir(cfg)
+    rank, world = hs.distributed_context()
+    log = print if rank == 0 else (lambda *_a, **_k: None)
+    t0 = time.perf_counter()
+    dataset: DetectionDataset = instantiate(cfg.dataset, _convert_="all")
+    log(dataset.summary())
+    rcfg = RegionConfig(**OmegaConf.to_container(cfg.model))
+    mset = MemberSettings(**OmegaConf.to_container(cfg.train))
+    psettings = hs.proposal_settings(cfg.proposals)
+
+    # 1. proposals (cached; each rank extracts its shard, then everyone reads the whole cache)
+    stage = ProposalStage(psettings, cache_root=cache / "proposals")
+    for method, st in stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world,
+                                    progress=rank == 0).items():
+        log(st.summary(f"{method} on {dataset.name}" + (f" (rank 0 of {world})" if world > 1 else "")))
+    hs.barrier(world)
+    loaded = stage.load(dataset, skip_missing=True)
+    proposals = [p["boxes"] if p is not None else None for p in loaded]
+    t_prop = time.perf_counter() - t0
+
+    # 2. the ensemble and its trunk features
+    if not rcfg.shared_trunk or rcfg.mode != "roi":
+        from detection.training.warp import train_warp_members
+
+        model, record = train_warp_members(rcfg, mset, dataset, proposals, out_dir=cfg.out_dir,
+                                           only=cfg.only_members, rank=rank, world_size=world, log=log)
+    else:
+        model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone)]).eval()
+        key = settings_hash("roi-features", {
+            "dataset": dataset.name, "ids": [r.image_id for r in dataset], "backbone": rcfg.backbone,
+            "image_size": rcfg.image_size, "max_image_size": rcfg.max_image_size, "roi_size": rcfg.roi_size,
+            "context": [rcfg.crop_size, rcfg.context_padding], "proposals": OmegaConf.to_container(cfg.proposals),
+            "pool": [mset.fg_iou, mset.fg_per_image, mset.bg_per_image, mset.seed]})
+        feat_dir = cache / "roi_features"
+        t1 = time.perf_counter()
+        if world > 1:  # each rank computes its share of the chunks, then all read them all
+            compute_roi_features(dataset, model, proposals, settings=mset, cache_dir=feat_dir, key=key,
+                                 progress=rank == 0, log=log, shard=(rank, world))
+            hs.barrier(world)
+        pool = compute_roi_features(dataset, model, proposals, settings=mset, cache_dir=feat_dir, key=key,
+                                    progress=rank == 0, log=log)
+        t_feat = time.perf_counter() - t1
+        n_fg = int((pool.labels > 0).sum())
+        log(f"{len(pool.labels)} training RoIs pooled from {int(pool.image.unique().numel())} images ({n_fg} "
+            f"positives, ground truth included; {len(pool.skipped)} images skipped) in {t_feat:.0f} s")
+        members = list(cfg.only_members) if cfg.only_members is not None else list(range(rcfg.members))
+        out_dir = Path(cfg.out_dir)
+        record = {"members": []}
+        for m in members:
+            record["members"].append(train_member(model, m, pool, settings=mset, out_dir=out_dir, rank=rank,
+                                                  world_size=world, progress=rank == 0, log=log))
+        record["feature_seconds"] = t_feat
+    record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
+                   "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
+                   "command": " ".join(sys.argv), "world_size": world})
+    model.record = record
+    if rank == 0:
+        out = Path(cfg.out_dir) / "region.pt"
+        save_ensemble(model, out, record=record)
+        (Path(cfg.out_dir) / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB) in {record['total_seconds']:.0f} s")
+        if cfg.install:
+            dest = default_region_model_path()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out, dest)
+            log(f"installed as the embedded default: {dest}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0]] + hs.rewrite_argv(sys.argv[1:])
+    main()

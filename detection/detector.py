@@ -86,6 +86,7 @@ class Detector:
             if self.proposals is None:
                 raise ValueError("no proposals: pass boxes= or build the Detector with a proposal stage")
             boxes, _ = self.proposals.propose(image_rgb)
+            seconds.update(getattr(self.proposals, "last_seconds", {}))
             seconds["proposals"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members)
@@ -94,6 +95,7 @@ class Detector:
                                 max_per_class=self.settings.max_per_class,
                                 score_threshold=self.settings.score_threshold)
         seconds.update(classify=t2 - t1, nms=time.perf_counter() - t2)
+        seconds.update({f"classify.{k}": v for k, v in self.classifier.last_seconds.items()})
         return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
 
 

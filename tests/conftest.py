@@ -2,6 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+import skimage.data
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DET_DATA_ROOT", PROJECT_ROOT.parent / "shared" / "data"))
@@ -18,3 +20,28 @@ def shared_data() -> Path:
             pytest.fail("CI=true but " + msg)
         pytest.skip(msg)
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_voc(tmp_path):
+    """Four real photos (skimage) and one corrupt file, VOC layout."""
+    root = tmp_path / "tiny"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    photos = {"coffee": skimage.data.coffee(), "chelsea": skimage.data.chelsea(), "astronaut": skimage.data.astronaut(),
+              "rocket": skimage.data.rocket()}
+    boxes = {"coffee": (50, 20, 500, 380, "cup"), "chelsea": (60, 20, 420, 300, "cat"),
+             "astronaut": (100, 10, 400, 512, "person"), "rocket": (250, 50, 350, 400, "aeroplane")}
+    for name, img in photos.items():
+        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+    Image.fromarray(photos["coffee"]).save(root / "JPEGImages" / "broken.jpg", quality=90)
+    boxes["broken"] = (1, 1, 50, 50, "cat")
+    for name, (x1, y1, x2, y2, cls) in boxes.items():
+        cls = "diningtable" if cls == "cup" else cls
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>0</width><height>0</height></size>"
+            f"<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+            f"<ymax>{y2}</ymax></bndbox></object></annotation>")
+    data = (root / "JPEGImages" / "broken.jpg").read_bytes()
+    (root / "JPEGImages" / "broken.jpg").write_bytes(data[: len(data) // 3])  # header fine, data truncated
+    return root

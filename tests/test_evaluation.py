@@ -206,3 +206,13 @@ def test_coco_mode_agrees_on_clean_case():
     dets = [(i, lbl, 0.9, b) for i, objs in enumerate(gt) for lbl, b, _ in objs]
     for protocol in ("ilsvrc", "voc", "coco"):
         assert evaluate(make_dets(dets), make_dataset(gt), protocol=protocol).map == pytest.approx(1.0)
+
+
+def test_pr_plot_with_a_class_that_has_no_detections(tmp_path):
+    from detection.evaluation import plot_pr
+    from detection.evaluation.protocols import Metrics
+
+    m = Metrics(protocol="ilsvrc", ap={1: 0.0, 2: 0.5}, npos={1: 3, 2: 2}, ndet={1: 0, 2: 2}, map=0.25, num_images=1,
+                curves={1: (np.zeros(0), np.zeros(0)), 2: (np.array([0.5, 0.5]), np.array([1.0, 0.5]))})
+    plot_pr(m, tmp_path / "pr.png")
+    assert (tmp_path / "pr.png").stat().st_size > 5000

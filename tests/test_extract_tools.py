@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import skimage.data
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -21,31 +20,6 @@ import hydra_support as hs  # noqa: E402
 
 hs.register_schemas()
 SS_SMALL = SelectiveSearchSettings(resize_width=128)
-
-
-@pytest.fixture
-def tiny_voc(tmp_path):
-    """Four real photos (skimage) and one corrupt file, VOC layout."""
-    root = tmp_path / "tiny"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    photos = {"coffee": skimage.data.coffee(), "chelsea": skimage.data.chelsea(), "astronaut": skimage.data.astronaut(),
-              "rocket": skimage.data.rocket()}
-    boxes = {"coffee": (50, 20, 500, 380, "cup"), "chelsea": (60, 20, 420, 300, "cat"),
-             "astronaut": (100, 10, 400, 512, "person"), "rocket": (250, 50, 350, 400, "aeroplane")}
-    for name, img in photos.items():
-        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
-    Image.fromarray(photos["coffee"]).save(root / "JPEGImages" / "broken.jpg", quality=90)
-    boxes["broken"] = (1, 1, 50, 50, "cat")
-    for name, (x1, y1, x2, y2, cls) in boxes.items():
-        cls = "diningtable" if cls == "cup" else cls
-        (root / "Annotations" / f"{name}.xml").write_text(
-            f"<annotation><filename>{name}.jpg</filename><size><width>0</width><height>0</height></size>"
-            f"<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
-            f"<ymax>{y2}</ymax></bndbox></object></annotation>")
-    data = (root / "JPEGImages" / "broken.jpg").read_bytes()
-    (root / "JPEGImages" / "broken.jpg").write_bytes(data[: len(data) // 3])  # header fine, data truncated
-    return root
 
 
 def test_extract_with_workers_resumes_and_reports_bad_images(tiny_voc, tmp_path):

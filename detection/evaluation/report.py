@@ -83,6 +83,8 @@ def plot_pr(m: Metrics, path: str | Path, *, space: LabelSpace | None = None, ma
     cmap = plt.get_cmap("tab20")
     for i, c in enumerate(classes):
         rec, prec = m.curves[c]
+        if len(rec) == 0:  # ground truth but no detections: AP 0, a flat line at precision 0
+            rec, prec = np.array([1.0]), np.array([0.0])
         envelope = np.maximum.accumulate(prec[::-1])[::-1]  # the curve AP integrates
         ax.plot(np.r_[0, rec], np.r_[envelope[:1], envelope], color=cmap(i % 20), lw=1.4, drawstyle="steps-pre",
                 label=f"{space.name(c)} ({100 * m.ap[c]:.1f})")

@@ -123,6 +123,7 @@ class RegionEnsemble(nn.Module):
         head = RoIHead if cfg.mode == "roi" else PooledHead
         self.heads = nn.ModuleList(head(in_channels=c, cfg=cfg) for _ in range(cfg.members))
         self.record: dict = {}
+        self.last_seconds: dict = {}  # where the last member_logits call spent its time
 
     @property
     def device(self) -> torch.device:
@@ -140,7 +141,8 @@ class RegionEnsemble(nn.Module):
     def prepare_image(self, image_rgb: np.ndarray) -> tuple[Tensor, float]:
         """``uint8[H, W, 3]`` -> (normalised ``[3, h, w]`` on the module's device, scale).  roi mode resizes
         (bilinear, antialiased) by :meth:`image_scale`; warp mode keeps the original pixels (scale 1)."""
-        x = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).to(self.device)
+        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
+        x = torch.from_numpy(arr).permute(2, 0, 1).to(self.device)
         x = x.float() / 255.0
         scale = 1.0
         if self.cfg.mode == "roi":
@@ -163,6 +165,9 @@ class RegionEnsemble(nn.Module):
     @torch.inference_mode()
     def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64) -> Tensor:
         """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``."""
+        import time
+
+        t0 = time.perf_counter()
         x, scale = self.prepare_image(image_rgb)
         boxes = boxes.float().to(self.device)
         M, N = self.cfg.members, boxes.shape[0]
@@ -171,12 +176,16 @@ class RegionEnsemble(nn.Module):
             return out
         if self.cfg.mode == "roi":
             rois = self.rois(boxes, scale=scale)
-            pooled = {}
+            pooled, t_heads = {}, 0.0
             for m in range(M):
                 key = 0 if self.cfg.shared_trunk else m
                 if key not in pooled:
                     pooled[key] = roi_pool(self._backbone(m)(x[None]), rois, roi_size=self.cfg.roi_size)
+                t = time.perf_counter()
                 out[m] = self.heads[m](pooled[key])
+                t_heads += time.perf_counter() - t
+            total = time.perf_counter() - t0
+            self.last_seconds = {"trunk_and_roi_pool": total - t_heads, "heads": t_heads}
             return out
         for s in range(0, N, batch_size):  # warp: crops in batches, the trunk once per batch if shared
             crops = warp_crops(x, boxes[s:s + batch_size], size=self.cfg.crop_size, padding=self.cfg.context_padding)
@@ -186,6 +195,7 @@ class RegionEnsemble(nn.Module):
                 if key not in fmaps:
                     fmaps[key] = self._backbone(m)(crops)
                 out[m, s:s + batch_size] = self.heads[m](fmaps[key])
+        self.last_seconds = {"crops_trunk_and_heads": time.perf_counter() - t0}
         return out
 
     def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None) -> Tensor:

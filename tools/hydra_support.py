@@ -95,6 +95,7 @@ class TrainClassifierConfig:
     install: bool = False
     # train only these members (e.g. [0, 1]); null: all of model.members
     only_members: Optional[list] = None
+    backbone_weights: Optional[str] = "imagenet"
     proposals: ProposalSettings = field(default_factory=ProposalSettings)
     model: RegionConfig = field(default_factory=RegionConfig)
     train: MemberSettings = field(default_factory=MemberSettings)

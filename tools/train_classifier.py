@@ -5,7 +5,7 @@
     python tools/train_classifier.py split=train_small train.epochs=2 model.members=2
     python tools/train_classifier.py install=true                      # also install as the embedded default
     torchrun --nproc_per_node=2 tools/train_classifier.py workers=1    # DDP over 2 processes (gloo on CPU)
-    python tools/train_classifier.py model=paper split=train_small     # six GoogLeNets, warped crops, fine-tuned whole
+    python tools/train_classifier.py model=paper backbone_weights=imagenet   # six GoogLeNets on warped crops, whole
 
 Kill it and run the same command again: proposals, trunk features and finished epochs are reused.
 """
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,9 +62,11 @@ def main(cfg: DictConfig) -> None:
         from detection.training.warp import train_warp_members
 
         model, record = train_warp_members(rcfg, mset, dataset, proposals, out_dir=cfg.out_dir,
-                                           only=cfg.only_members, rank=rank, world_size=world, log=log)
+                                           only=cfg.only_members, backbone_weights=cfg.backbone_weights,
+                                           rank=rank, world_size=world, progress=rank == 0, log=log)
     else:
-        model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone)]).eval()
+        model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights=cfg.backbone_weights)]
+                               ).eval()
         key = settings_hash("roi-features", {
             "dataset": dataset.name, "ids": [r.image_id for r in dataset], "backbone": rcfg.backbone,
             "image_size": rcfg.image_size, "max_image_size": rcfg.max_image_size, "roi_size": rcfg.roi_size,
@@ -88,6 +91,16 @@ def main(cfg: DictConfig) -> None:
             record["members"].append(train_member(model, m, pool, settings=mset, out_dir=out_dir, rank=rank,
                                                   world_size=world, progress=rank == 0, log=log))
         record["feature_seconds"] = t_feat
+        missing = [m for m in range(rcfg.members) if m not in members]
+        for m in list(missing):  # members trained by another run (e.g. in parallel) into the same out_dir
+            ck = out_dir / f"member{m}.ckpt"
+            if ck.exists() and len(torch.load(ck, weights_only=True)["record"]["epochs"]) == mset.epochs:
+                model.heads[m].load_state_dict(torch.load(ck, weights_only=True)["head"])
+                missing.remove(m)
+        if missing:
+            record["untrained_members"] = missing
+            log(f"warning: members {missing} are untrained in {out_dir / 'region.pt'}: run again without "
+                f"only_members (finished members are reused) to assemble the whole ensemble")
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv), "world_size": world})

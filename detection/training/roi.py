@@ -13,18 +13,17 @@ settings continues.  Under ``torchrun`` every rank takes its share of each mini-
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
 from detection.models.region import RegionEnsemble, roi_pool
+from detection.training.loop import MemberRun
 from detection.training.sampler import label_proposals
 
 __all__ = ["MemberSettings", "RoIPool", "compute_roi_features", "train_member", "member_bg_iou_low"]
@@ -147,8 +146,6 @@ def train_member(model: RegionEnsemble, member: int, pool: RoIPool, *, settings:
     Returns the member's training record (per-epoch loss, RoI accuracy, seconds).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / f"member{member}.ckpt"
     head = model.heads[member]
     torch.manual_seed(settings.seed * 7919 + member)  # the member's own initialisation
     for mod in head.modules():
@@ -167,26 +164,14 @@ def train_member(model: RegionEnsemble, member: int, pool: RoIPool, *, settings:
     if len(fg_idx) == 0 or len(bg_idx) == 0:
         raise RuntimeError(f"member {member}: the RoI pool has {len(fg_idx)} positives and {len(bg_idx)} background")
     steps = math.ceil(len(fg_idx) / n_fg)
-    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps,
-                                                pct_start=0.1)
-    record = {"member": member, "settings": asdict(settings), "bg_iou_low": bg_low, "positives": len(fg_idx),
-              "background": len(bg_idx), "epochs": []}
-    start = 0
-    if ckpt.exists():
-        ck = torch.load(ckpt, weights_only=True)
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        record, start = ck["record"], ck["epoch"] + 1
-        log(f"member {member}: resumed from {ckpt} after epoch {start}")
-    t0 = time.perf_counter()
-    for epoch in range(start, settings.epochs):
+    run = MemberRun(head, settings=settings, steps_per_epoch=steps, ckpt=out_dir / f"member{member}.ckpt",
+                    record={"member": member, "bg_iou_low": bg_low, "positives": len(fg_idx),
+                            "background": len(bg_idx)}, log=log)
+    for epoch in range(run.start_epoch, settings.epochs):
         # one generator per (member, epoch): a resumed run draws exactly what an uninterrupted one would
         gen = torch.Generator().manual_seed((settings.seed * 1000 + member) * 100_003 + epoch)
         fg_perm = fg_idx[torch.randperm(len(fg_idx), generator=gen)]
         head.train()
-        tot = {"loss": 0.0, "correct": 0, "n": 0}
         for s in tqdm(range(steps), desc=f"member {member} epoch {epoch + 1}/{settings.epochs}", unit="step",
                       leave=False, disable=not progress or rank != 0):
             fg = fg_perm[s * n_fg:(s + 1) * n_fg]
@@ -194,27 +179,12 @@ def train_member(model: RegionEnsemble, member: int, pool: RoIPool, *, settings:
                 fg = torch.cat([fg, fg_perm[:n_fg - len(fg)]])
             bg = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=gen)]
             batch = torch.cat([fg, bg])
-            flip = torch.rand(len(batch), generator=gen) < 0.5 if settings.flip else torch.zeros(len(batch), dtype=torch.bool)
+            flip = torch.rand(len(batch), generator=gen) < 0.5
+            flip &= settings.flip
             mine = slice(rank, None, world_size)  # every rank takes its share of the batch
             x = pool.feats[batch[mine]].float()
             x = torch.where(flip[mine][:, None, None, None], x.flip(-1), x)
             y = pool.labels[batch[mine]]
-            logits = ddp(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot["loss"] += float(loss.detach()) * len(y)
-            tot["correct"] += int((logits.detach().argmax(1) == y).sum())
-            tot["n"] += len(y)
-        ep = {"epoch": epoch + 1, "loss": tot["loss"] / tot["n"], "roi_accuracy": tot["correct"] / tot["n"]}
-        record["epochs"].append(ep)
-        log(f"member {member} epoch {epoch + 1}: loss {ep['loss']:.3f}, RoI accuracy {ep['roi_accuracy']:.3f}")
-        if rank == 0:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "record": record, "epoch": epoch}, tmp)
-            tmp.replace(ckpt)
-    record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
-    return record
+            run.step(ddp(x), y)
+        run.end_epoch(epoch, save=rank == 0)
+    return run.finish()

@@ -9,12 +9,9 @@ each step's images and DDP averages the gradients.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -23,6 +20,7 @@ from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
 from detection.models.backbones import build_backbone
 from detection.models.region import RegionConfig, RegionEnsemble
+from detection.training.loop import MemberRun
 from detection.training.roi import MemberSettings, member_bg_iou_low
 from detection.training.sampler import label_proposals, sample_indices
 
@@ -99,28 +97,14 @@ def train_warp_members(cfg: RegionConfig, settings: MemberSettings, dataset: Det
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(member)
-        params = [p for p in member.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps,
-                                                    pct_start=0.1)
-        ckpt = out_dir / f"member{m}.ckpt"
-        rec = {"member": m, "settings": asdict(settings), "bg_iou_low": member_bg_iou_low(m), "epochs": []}
-        start = 0
-        if ckpt.exists():
-            ck = torch.load(ckpt, weights_only=True)
-            member.load_state_dict(ck["member"])
-            opt.load_state_dict(ck["opt"])
-            sched.load_state_dict(ck["sched"])
-            rec, start = ck["record"], ck["epoch"] + 1
-            log(f"member {m}: resumed from {ckpt} after epoch {start}")
-        t0 = time.perf_counter()
-        for epoch in range(start, settings.epochs):
+        run = MemberRun(member, settings=settings, steps_per_epoch=steps, ckpt=out_dir / f"member{m}.ckpt",
+                        record={"member": m, "bg_iou_low": member_bg_iou_low(m)}, log=log)
+        for epoch in range(run.start_epoch, settings.epochs):
             gen = torch.Generator().manual_seed((settings.seed * 1000 + m) * 100_003 + epoch)
             perm = torch.randperm(len(items), generator=gen).tolist()
             if len(perm) % per_step:  # equal shares for every rank in every step
                 perm += (perm * per_step)[:per_step - len(perm) % per_step]
             member.train()
-            tot = {"loss": 0.0, "correct": 0, "n": 0}
             for s in tqdm(range(0, len(perm), per_step), desc=f"member {m} epoch {epoch + 1}/{settings.epochs}",
                           unit="step", leave=False, disable=not progress or rank != 0):
                 crops, targets = [], []
@@ -135,24 +119,7 @@ def train_warp_members(cfg: RegionConfig, settings: MemberSettings, dataset: Det
                         c = torch.where(flip[:, None, None, None], c.flip(-1), c)
                     crops.append(c)
                     targets.append(it["labels"][idx])
-                x, y = torch.cat(crops), torch.cat(targets)
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot["loss"] += float(loss.detach()) * len(y)
-                tot["correct"] += int((logits.detach().argmax(1) == y).sum())
-                tot["n"] += len(y)
-            ep = {"epoch": epoch + 1, "loss": tot["loss"] / tot["n"], "roi_accuracy": tot["correct"] / tot["n"]}
-            rec["epochs"].append(ep)
-            log(f"member {m} epoch {epoch + 1}: loss {ep['loss']:.3f}, RoI accuracy {ep['roi_accuracy']:.3f}")
-            if rank == 0:
-                tmp = ckpt.with_suffix(".tmp")
-                torch.save({"member": member.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "record": rec, "epoch": epoch}, tmp)
-                tmp.replace(ckpt)
-        rec["seconds"] = rec.get("seconds", 0.0) + time.perf_counter() - t0
-        record["members"].append(rec)
+                run.step(net(torch.cat(crops)), torch.cat(targets))
+            run.end_epoch(epoch, save=rank == 0)
+        record["members"].append(run.finish())
     return model.eval(), record

@@ -1,0 +1,70 @@
+"""What every member's training shares: optimiser, one-cycle schedule, per-step accounting, atomic per-epoch
+checkpoints with resume, and the member's training record."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MemberRun"]
+
+
+class MemberRun:
+    """One member's optimisation state.  ``module``'s trainable parameters are optimised (AdamW, one-cycle over
+    ``epochs * steps_per_epoch`` steps); ``ckpt`` holds the state after each finished epoch; if it exists, the run
+    resumes after it (``start_epoch``)."""
+
+    def __init__(self, module: nn.Module, *, settings, steps_per_epoch: int, ckpt: Path, record: dict, log=print):
+        self.module, self.settings, self.ckpt, self.log = module, settings, Path(ckpt), log
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings.lr,
+                                                         total_steps=settings.epochs * steps_per_epoch,
+                                                         pct_start=0.1)
+        self.record = {**record, "settings": asdict(settings), "epochs": []}
+        self.start_epoch = 0
+        if self.ckpt.exists():
+            ck = torch.load(self.ckpt, weights_only=True)
+            module.load_state_dict(ck["module"])
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            self.record, self.start_epoch = ck["record"], ck["epoch"] + 1
+            log(f"member {record['member']}: resumed from {self.ckpt} after epoch {self.start_epoch}")
+        self._t0 = time.perf_counter()
+        self._tot = {"loss": 0.0, "correct": 0, "n": 0}
+
+    def step(self, logits: Tensor, targets: Tensor) -> None:
+        """Cross-entropy of one mini-batch (this rank's share), backward, optimiser and schedule step."""
+        loss = F.cross_entropy(logits, targets)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self._tot["loss"] += float(loss.detach()) * len(targets)
+        self._tot["correct"] += int((logits.detach().argmax(1) == targets).sum())
+        self._tot["n"] += len(targets)
+
+    def end_epoch(self, epoch: int, *, save: bool = True) -> dict:
+        """Record and log the epoch's loss and RoI accuracy; checkpoint (atomically) when ``save``."""
+        tot = self._tot
+        ep = {"epoch": epoch + 1, "loss": tot["loss"] / max(tot["n"], 1),
+              "roi_accuracy": tot["correct"] / max(tot["n"], 1)}
+        self._tot = {"loss": 0.0, "correct": 0, "n": 0}
+        self.record["epochs"].append(ep)
+        self.log(f"member {self.record['member']} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
+                 f"RoI accuracy {ep['roi_accuracy']:.3f}")
+        if save:
+            self.ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.ckpt.with_suffix(".tmp")
+            torch.save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
+                        "sched": self.sched.state_dict(), "record": self.record, "epoch": epoch}, tmp)
+            tmp.replace(self.ckpt)
+        return ep
+
+    def finish(self) -> dict:
+        self.record["seconds"] = self.record.get("seconds", 0.0) + time.perf_counter() - self._t0
+        return self.record

@@ -121,3 +121,18 @@ def test_paper_configuration_trains_and_detects_end_to_end(tiny_voc, tmp_path):
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["num_images"] == 4 and 0.0 <= m["mAP"] <= 1.0
     assert len(json.loads((tmp_path / "eval" / "detections.json").read_text())) > 0
+
+
+@pytest.mark.slow
+def test_detect_finds_the_cat_with_the_embedded_default(tmp_path):
+    """A fresh install, offline: the shipped ensemble + MultiBox + selective search find chelsea's domestic cat."""
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo, quality=95)
+    r = run(sys.executable, "tools/detect.py", str(photo), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "chelsea.det.json").read_text())
+    best = res["detections"][0]
+    assert best["name"] == "domestic cat" and best["score"] > 0.3, res["detections"][:3]
+    x1, y1, x2, y2 = best["box_xyxy"]  # the cat fills most of the photo's right two thirds
+    assert (x2 - x1) * (y2 - y1) > 0.2 * 451 * 300
+    assert res["proposals"] > 300 and "multibox" in res["seconds"]

@@ -229,3 +229,28 @@ def test_member_training_learns_and_resumes_exactly(tmp_path):
     other = _toy_model()
     train_member(other, 0, pool, settings=s, out_dir=tmp_path / "c", progress=False, log=lambda m: None)
     assert not torch.equal(other.heads[0].classifier[0].weight, full.heads[1].classifier[0].weight)
+
+
+def test_roi_feature_cache_is_resumable_and_never_stale(tiny_voc, tmp_path, lite0):
+    from detection.data import read_voc
+    from detection.training.roi import compute_roi_features
+
+    ds = read_voc(tiny_voc, name="tiny")  # 4 photos + 1 truncated file
+    model = _ensemble(lite0, image_size=64, max_image_size=96)
+    props = [torch.tensor([[0.0, 0, 50, 50], [20, 20, 300, 300], [10, 5, 400, 350]]) for _ in range(len(ds))]
+    s = MemberSettings(fg_per_image=2, bg_per_image=2)
+    partial = list(props)
+    partial[0] = None  # e.g. an extraction still under way
+    logs = []
+    a = compute_roi_features(ds, model, partial, settings=s, cache_dir=tmp_path, key="k", progress=False,
+                             log=logs.append)
+    names = [r.path.name for r in ds.records]
+    assert names[1] == "broken.jpg" and set(a.image.tolist()) == {2, 3, 4} and len(a.skipped) == 2
+    assert any("no proposals" in m for m in logs) and any("broken.jpg" in m for m in logs)
+    b = compute_roi_features(ds, model, props, settings=s, cache_dir=tmp_path, key="k", progress=False,
+                             log=lambda m: None)
+    assert set(b.image.tolist()) == {0, 2, 3, 4} and len(b.skipped) == 1  # recomputed with the new proposals
+    c = compute_roi_features(ds, model, props, settings=s, cache_dir=tmp_path, key="k", progress=False,
+                             log=lambda m: None)
+    torch.testing.assert_close(c.feats, b.feats)  # read back from the cache
+    assert b.feats.dtype == torch.float16 and b.feats.shape[1:] == (1280, 2, 2)

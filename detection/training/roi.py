@@ -94,16 +94,18 @@ def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, propo
     n_chunks = math.ceil(len(dataset) / CHUNK)
     for ci in tqdm(range(n_chunks), desc=f"RoI features {dataset.name}", unit="chunk", disable=not progress):
         path = out_dir / f"chunk{ci:05d}.pt"
-        if shard is not None and (ci % shard[1] != shard[0] or path.exists()):
+        if shard is not None and ci % shard[1] != shard[0]:
             continue
-        if path.exists():
-            chunk = torch.load(path, weights_only=True)
-        else:
-            chunk = {"feats": [], "labels": [], "max_iou": [], "image": [], "skipped": []}
+        chunk = torch.load(path, weights_only=True) if path.exists() else None
+        if chunk is not None and any(proposals[p] is not None for p in chunk.get("no_proposals", [])):
+            chunk = None  # computed while some proposals were missing: they are there now, so it is stale
+        if chunk is None:
+            chunk = {"feats": [], "labels": [], "max_iou": [], "image": [], "skipped": [], "no_proposals": []}
             for j, r in enumerate(dataset.records[ci * CHUNK:(ci + 1) * CHUNK]):
                 pos = ci * CHUNK + j
                 if proposals[pos] is None:
                     chunk["skipped"].append(f"{r.path}: no proposals")
+                    chunk["no_proposals"].append(pos)
                     continue
                 try:
                     img = read_image_rgb(r.path)
@@ -120,7 +122,8 @@ def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, propo
                 chunk["labels"].append(labels[keep])
                 chunk["max_iou"].append(max_iou[keep])
                 chunk["image"].append(torch.full((len(keep),), pos, dtype=torch.int64))
-            chunk = {k: (torch.cat(v) if v else None) if k != "skipped" else v for k, v in chunk.items()}
+            chunk = {k: (torch.cat(v) if v else None) if k in ("feats", "labels", "max_iou", "image") else v
+                     for k, v in chunk.items()}
             tmp = path.with_suffix(".tmp")
             torch.save(chunk, tmp)
             tmp.replace(path)

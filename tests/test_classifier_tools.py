@@ -31,7 +31,8 @@ def _common(tiny_voc, tmp_path):
 
 def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     common = _common(tiny_voc, tmp_path)
-    train = common + ["val_dataset=null", "model.members=2", "model.image_size=128", "model.max_image_size=200",
+    train = common + ["dataset@val_dataset=voc", f"+val_dataset.root={tiny_voc}", "val_dataset.name=tiny",
+                      "model.members=2", "model.image_size=128", "model.max_image_size=200",
                       "train.epochs=2", "train.rois_per_batch=32", f"out_dir={tmp_path / 'model'}",
                       f"hydra.run.dir={tmp_path / 'run'}"]
     r = run(sys.executable, "tools/train_classifier.py", *train)
@@ -42,6 +43,7 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert model.cfg.members == 2 and model.cfg.image_size == 128
     rec = model.record
     assert [len(m["epochs"]) for m in rec["members"]] == [2, 2] and rec["world_size"] == 1
+    assert rec["val"]["dataset"] == "tiny" and 0 <= rec["val"]["mAP"] <= 1 and "validation on tiny" in r.stdout
     # a second run finds every epoch done: nothing is recomputed, the same model comes out
     r2 = run(sys.executable, "tools/train_classifier.py", *train)
     assert r2.returncode == 0, r2.stderr[-3000:]

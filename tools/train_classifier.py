@@ -104,6 +104,13 @@ def main(cfg: DictConfig) -> None:
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv), "world_size": world})
+    if rank == 0 and cfg.val_dataset is not None:
+        try:
+            record["val"] = validate(cfg, model, stage)
+            log(f"validation on {record['val']['dataset']} (training proposals): mAP {100 * record['val']['mAP']:.2f}% "
+                f"with {rcfg.members} members, {100 * record['val']['mAP_member0']:.2f}% with member 0 alone")
+        except Exception as e:  # the model is trained: a validation problem must not lose it
+            log(f"warning: validation failed ({type(e).__name__}: {e}); the model is saved all the same")
     model.record = record
     if rank == 0:
         out = Path(cfg.out_dir) / "region.pt"
@@ -119,6 +126,32 @@ def main(cfg: DictConfig) -> None:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def validate(cfg: DictConfig, model, stage) -> dict:
+    """mAP (ILSVRC protocol) of the trained ensemble and of its first member on ``val_dataset``, with the training
+    proposal settings (cached, extracted where missing)."""
+    from detection.detector import Detector, DetectorSettings, detect_dataset
+    from detection.evaluation import evaluate
+
+    val = instantiate(cfg.val_dataset, _convert_="all")
+    stage.extract(val, workers=cfg.workers, progress=False)
+    props = [p["boxes"] if p is not None else None for p in stage.load(val, skip_missing=True)]
+    out = {"dataset": val.name}
+    for key, members in (("mAP", None), ("mAP_member0", 1)):
+        dets, st = detect_dataset(Detector(classifier=model.eval(), settings=DetectorSettings(members=members)),
+                                  val, props, progress=False)
+        keep = st["positions"]
+        if len(keep) < len(val):
+            from detection.data.records import DetectionDataset
+
+            remap = {old: new for new, old in enumerate(keep)}
+            dets.image = torch.tensor([remap[i] for i in dets.image.tolist()], dtype=torch.int64)
+            val_eval = DetectionDataset(val.name, [val.records[i] for i in keep], val.report)
+        else:
+            val_eval = val
+        out[key] = evaluate(dets, val_eval).map
+    return out
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ class RegionConfig:
     num_classes: int = NUM_CLASSES
     crop_size: int = 224  # warp: proposals are warped to crop_size x crop_size
     context_padding: int = 16  # pixels of context around a box at crop_size (R-CNN: 16 at 224)
-    image_size: int = 480  # roi: the image's shorter side is resized to this ...
-    max_image_size: int = 800  # ... unless its longer side would pass this
+    image_size: int = 600  # roi: the image's shorter side is resized to this ...
+    max_image_size: int = 1000  # ... unless its longer side would pass this
     roi_size: int = 2  # roi: RoIAlign grid on the last map (frozen features; the heads are MLPs on them)
     hidden: int = 256  # hidden layer of the head (0: a linear head)
     dropout: float = 0.3

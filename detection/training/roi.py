@@ -2,7 +2,7 @@
 
 R-CNN fine-tuning semantics (``sampler``): a proposal with IoU >= 0.5 to a ground-truth box is a positive of its class,
 the rest background; ground-truth boxes join as positives.  Each training image contributes a fixed pool of RoIs (up to
-``fg_per_image`` positives and ``bg_per_image`` background, half of it near misses with IoU in [0.1, 0.5)), pooled
+``fg_per_image`` (32) positives and ``bg_per_image`` (96) background, half of it near misses with IoU in [0.1, 0.5)), pooled
 once from the frozen trunk's map.  Mini-batches are R-CNN's: ``rois_per_batch`` (128) with a ``fg_fraction`` (1/4:
 32 positives + 96 background), drawn across all images; horizontal flips (the pooled grid mirrored).  Members differ
 in seed (init, order, draws, flips) and in sampling (odd members draw background only from the near misses).
@@ -38,7 +38,7 @@ class MemberSettings:
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
     fg_per_image: int = 32  # the cached pool of RoIs per training image
-    bg_per_image: int = 48
+    bg_per_image: int = 96
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0

@@ -129,3 +129,40 @@ def test_training_lowers_loss_and_resumes_exactly(tmp_path):
     assert msgs[0].startswith("resumed from") and len(rec2["epochs"]) == 8
     for a, b in zip(full.head.state_dict().values(), resumed.head.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_head_reading_the_stride16_map_starts_at_priors_and_needs_it():
+    cfg = MultiBoxConfig(num_priors=4, roi_size=2, mid_level=True)
+    head = MultiBoxHead(in_channels=8, cfg=cfg, mid_channels=3)
+    priors = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9], [0.0, 0.0, 1.0, 1.0], [0.4, 0.4, 0.45, 0.45]])
+    boxes, logits = head(torch.randn(2, 8, 4, 4), priors, torch.randn(2, 3, 8, 8))
+    torch.testing.assert_close(boxes[1], priors)
+    assert logits.shape == (2, 4)
+    with pytest.raises(ValueError, match="stride-16"):
+        head(torch.randn(2, 8, 4, 4), priors)
+
+
+def test_backbone_levels_are_one_pass_with_the_stride16_map():
+    from detection.models.backbones import build_backbone
+
+    bb = build_backbone("lite0", weights=None).eval()
+    x = torch.randn(1, 3, 128, 96)
+    with torch.inference_mode():
+        mid, last = bb.forward_levels(x)
+        torch.testing.assert_close(last, bb(x))
+    assert mid.shape == (1, 112, 8, 6) and last.shape == (1, 1280, 4, 3)
+
+
+@pytest.mark.slow
+def test_embedded_multibox_finds_the_cat():
+    """The shipped model (448 px, stride-16 + stride-32 maps, 800 priors) on a real photo it never saw."""
+    import skimage.data
+    from torchvision.ops import box_iou
+
+    from proposals.multibox import default_model_path, load_multibox
+
+    model = load_multibox(default_model_path())
+    assert model.cfg.mid_level and model.cfg.num_priors == 800 and model.record["train_images"] == 3887
+    boxes, scores = model.propose(skimage.data.chelsea(), top_k=5)
+    assert boxes.shape == (5, 4) and (scores[:-1] >= scores[1:]).all()
+    assert float(box_iou(boxes, torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat

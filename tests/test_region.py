@@ -223,6 +223,9 @@ def test_member_training_learns_and_resumes_exactly(tmp_path):
     msgs = []
     rec2 = train_member(resumed, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=msgs.append)
     assert msgs[0].startswith("member 1: resumed") and len(rec2["epochs"]) == 6
+    assert rec2["seconds"] > 0.5 * rec["seconds"] > 0  # the time of the epochs before the kill is kept
+    done = train_member(resumed, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=lambda m: None)
+    assert done["seconds"] == rec2["seconds"]  # nothing left to train: the record is the checkpoint's
     for a, b in zip(full.heads[1].state_dict().values(), resumed.heads[1].state_dict().values()):
         torch.testing.assert_close(a, b)
     # another member starts from another initialisation and sampling

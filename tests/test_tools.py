@@ -87,8 +87,10 @@ def test_eval_map_sweep_prints_one_summary(shared_data, tmp_path):
 
 
 def test_eval_map_says_what_is_missing(shared_data, tmp_path):
-    r = run_tool("tools/eval_map.py", "--split", "val_small", f"data_root={shared_data}", f"hydra.run.dir={tmp_path}")
-    assert r.returncode != 0 and "no detections to score" in r.stderr
+    # no detections file: the detector runs, so a missing classifier model is named
+    r = run_tool("tools/eval_map.py", "--split", "val_small", f"data_root={shared_data}", f"hydra.run.dir={tmp_path}",
+                 f"ensemble.model={tmp_path / 'none.pt'}")
+    assert r.returncode != 0 and "none.pt: region-classifier model not found" in r.stderr
     r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={REF_DETS}",
                  f"data_root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}")
     assert r.returncode != 0 and "not found: set DET_DATA_ROOT or data_root=PATH" in r.stderr

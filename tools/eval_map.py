@@ -71,7 +71,10 @@ def run_detector(cfg: DictConfig, dataset, out: Path):
     from detection.evaluation import write_coco_results
 
     t0 = time.perf_counter()
-    detector = hs.build_detector(cfg)
+    try:
+        detector = hs.build_detector(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
     for method, st in detector.proposals.extract(dataset, workers=cfg.workers).items():
         print(st.summary(f"{method} on {dataset.name}"))
     loaded = detector.proposals.load(dataset, skip_missing=True)

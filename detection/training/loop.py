@@ -35,6 +35,7 @@ class MemberRun:
             self.record, self.start_epoch = ck["record"], ck["epoch"] + 1
             log(f"member {record['member']}: resumed from {self.ckpt} after epoch {self.start_epoch}")
         self._t0 = time.perf_counter()
+        self._seconds0 = self.record.get("seconds", 0.0)  # training time of the epochs done before a resume
         self._tot = {"loss": 0.0, "correct": 0, "n": 0}
 
     def step(self, logits: Tensor, targets: Tensor) -> None:
@@ -55,6 +56,7 @@ class MemberRun:
               "roi_accuracy": tot["correct"] / max(tot["n"], 1)}
         self._tot = {"loss": 0.0, "correct": 0, "n": 0}
         self.record["epochs"].append(ep)
+        self.record["seconds"] = self._seconds0 + time.perf_counter() - self._t0  # kept by the checkpoint too
         self.log(f"member {self.record['member']} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
                  f"RoI accuracy {ep['roi_accuracy']:.3f}")
         if save:
@@ -66,5 +68,6 @@ class MemberRun:
         return ep
 
     def finish(self) -> dict:
-        self.record["seconds"] = self.record.get("seconds", 0.0) + time.perf_counter() - self._t0
+        """The member's record; ``seconds`` counts training time over every run that contributed epochs (set at
+        each epoch's end, so the checkpoint carries it)."""
         return self.record

@@ -8,7 +8,6 @@ image that cannot be decoded is reported and skipped, never fatal.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +145,9 @@ def extract_split(dataset: DetectionDataset, source: ProposalSource, *, cache_ro
             results = map(_compute_one, todo)
             _consume(results, stats, pbar)
         else:
-            ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+            # spawn, not fork: a parent that has already run OpenCV (its thread pool) or torch deadlocks its forked
+            # children (seen: tools/bench_proposals.py after an in-process selective search hung forever).
+            ctx = mp.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(source, cache, threads_per_worker)) as pool:
                 _consume(pool.imap_unordered(_compute_one, todo, chunksize=1), stats, pbar)
     stats.wall = time.perf_counter() - start

@@ -91,3 +91,40 @@ def test_proposal_configs_compose(name, proposals):
         assert s.multibox.top_k == (200 if proposals == "paper" else 0)
     else:
         assert cfg.model.num_priors >= 200 and cfg.val_dataset._target_.startswith("detection.data")
+
+
+FORK_AFTER_OPENCV = """
+import numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from detection.data.records import DetectionDataset, ImageRecord
+from proposals.extract import SelectiveSearchSource, extract_split
+from proposals.selective_search import SelectiveSearchSettings, selective_search
+
+if __name__ == "__main__":
+    d = Path({d!r})
+    s = SelectiveSearchSettings(resize_width=160)
+    img = np.asarray(Image.open({photo!r}).convert("RGB"))
+    selective_search(img, s)  # the parent runs OpenCV (and its thread pool) before the workers start
+    recs = []
+    for i in range(4):
+        Image.fromarray(np.roll(img, 25 * i, 1)).save(d / f"{{i}}.jpg")
+        recs.append(ImageRecord(d / f"{{i}}.jpg", img.shape[1], img.shape[0], torch.zeros(0, 4),
+                                torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool), f"x/{{i}}"))
+    st = extract_split(DetectionDataset("x", recs), SelectiveSearchSource(s), cache_root=d / "c", workers=2,
+                       progress=False)
+    print("computed", st.computed)
+"""
+
+
+def test_workers_start_after_the_parent_used_opencv(tiny_voc, tmp_path):
+    """Forked workers of a parent that had already run selective search deadlocked (bench_proposals hung);
+    workers are spawned now.  Run in a subprocess with a timeout so a regression fails instead of hanging."""
+    photo = sorted(p for p in tiny_voc.glob("**/*.jpg") if "broken" not in p.name)[0]
+    script = tmp_path / "fork_after_opencv.py"
+    script.write_text(FORK_AFTER_OPENCV.format(d=str(tmp_path), photo=str(photo)))
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(PROJECT_ROOT)}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "computed 4" in r.stdout

@@ -136,6 +136,30 @@ def test_roi_ensemble_averages_member_softmax(lite0):
     torch.testing.assert_close(model.heads[2](pooled), logits[2], atol=1e-4, rtol=1e-4)
 
 
+def test_stem_layer_pools_the_map_before_the_last_block(lite0):
+    """roi_layer=stem: RoIs pooled from lite0's 320-channel blocks.6 map (before conv_head), 4x4; the heads
+    standardise their input with the saved statistics."""
+    model = _ensemble(lite0, roi_layer="stem", roi_size=4, standardize=True, members=2)
+    assert model.heads[0].classifier[0].in_features == 320 * 16
+    mean, std = torch.randn(320, 4, 4), torch.rand(320, 4, 4) + 0.5
+    for h in model.heads:
+        h.set_feature_stats(mean, std)
+    img = skimage.data.chelsea()
+    boxes = torch.tensor([[50.0, 10, 400, 300], [0, 0, 100, 100]])
+    logits = model.member_logits(img, boxes)
+    x, scale = model.prepare_image(img)
+    with torch.inference_mode():
+        stem = lite0.features[:-2](x[None])  # conv_stem .. blocks.6
+        assert stem.shape[1] == 320 and lite0.spec.stem_channels == 320
+        pooled = roi_pool(stem, model.rois(boxes, scale=scale), roi_size=4)
+        want = model.heads[1].classifier((pooled.flatten(1) - mean.flatten()) / std.flatten())
+    torch.testing.assert_close(logits[1], want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="roi_layer"):
+        RegionConfig(roi_layer="mid")
+    with pytest.raises(RuntimeError, match="standardize"):
+        _ensemble(lite0).heads[0].set_feature_stats(mean, std)
+
+
 def test_warp_ensemble_classifies_the_warped_crops(lite0):
     model = _ensemble(lite0, mode="warp", crop_size=64, context_padding=8, members=2)
     img = skimage.data.coffee()
@@ -145,6 +169,17 @@ def test_warp_ensemble_classifies_the_warped_crops(lite0):
     crops = warp_crops(x, boxes, size=64, padding=8)
     with torch.inference_mode():
         torch.testing.assert_close(logits[1], model.heads[1](lite0(crops)), atol=1e-4, rtol=1e-4)
+
+
+def test_standardised_heads_round_trip_with_their_statistics(lite0, tmp_path):
+    model = _ensemble(lite0, roi_layer="stem", roi_size=2, standardize=True, members=2)
+    model.heads[1].set_feature_stats(torch.full((320, 2, 2), 0.3), torch.full((320, 2, 2), 2.0))
+    save_ensemble(model, tmp_path / "s.pt")
+    back = load_ensemble(tmp_path / "s.pt")
+    assert back.cfg.roi_layer == "stem" and back.cfg.standardize
+    assert torch.all(back.heads[1].feat_std == 2.0) and torch.all(back.heads[0].feat_std == 1.0)
+    img, boxes = skimage.data.coffee(), torch.tensor([[50.0, 20, 500, 380]])
+    torch.testing.assert_close(back.predict(img, boxes), model.predict(img, boxes), atol=2e-3, rtol=0)
 
 
 def test_save_and_load_round_trip(lite0, tmp_path):
@@ -187,9 +222,9 @@ def _toy_pool(n=600, seed=0):
     return RoIPool(feats.half(), labels, torch.where(labels > 0, 0.8, 0.3), torch.arange(n), [])
 
 
-def _toy_model():
+def _toy_model(**kw):
     torch.manual_seed(0)
-    cfg = RegionConfig(members=2, num_classes=4, hidden=16, dropout=0.0)
+    cfg = RegionConfig(members=2, num_classes=4, hidden=16, dropout=0.0, **kw)
     model = RegionEnsemble.__new__(RegionEnsemble)
     torch.nn.Module.__init__(model)
     from detection.models.region import RoIHead
@@ -197,6 +232,21 @@ def _toy_model():
     model.cfg = cfg
     model.heads = torch.nn.ModuleList(RoIHead(in_channels=8, cfg=cfg) for _ in range(2))
     return model
+
+
+def test_feature_stats_are_flip_symmetric_and_set_before_training(tmp_path):
+    pool = _toy_pool()
+    pool.feats[:, :, :, 0] += 3.0  # the left column brighter: mirrored RoIs make the statistics symmetric
+    mean, std = pool.feature_stats(chunk=100)
+    both = torch.cat([pool.feats.double(), pool.feats.double().flip(-1)])
+    torch.testing.assert_close(mean.double(), both.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(std.double(), both.std(0, correction=0) + 1e-3, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mean, mean.flip(-1))
+    model = _toy_model(standardize=True)
+    train_member(model, 0, pool, settings=MemberSettings(epochs=1, rois_per_batch=32), out_dir=tmp_path,
+                 progress=False, log=lambda m: None)
+    torch.testing.assert_close(model.heads[0].feat_mean, mean.flatten())
+    torch.testing.assert_close(model.heads[0].feat_std, std.flatten())
 
 
 def test_member_training_learns_and_resumes_exactly(tmp_path):

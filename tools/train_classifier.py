@@ -70,6 +70,7 @@ def main(cfg: DictConfig) -> None:
         key = settings_hash("roi-features", {
             "dataset": dataset.name, "ids": [r.image_id for r in dataset], "backbone": rcfg.backbone,
             "image_size": rcfg.image_size, "max_image_size": rcfg.max_image_size, "roi_size": rcfg.roi_size,
+            "roi_layer": rcfg.roi_layer,
             "context": [rcfg.crop_size, rcfg.context_padding], "proposals": OmegaConf.to_container(cfg.proposals),
             "pool": [mset.fg_iou, mset.fg_per_image, mset.bg_per_image, mset.seed]})
         feat_dir = cache / "roi_features"

@@ -61,6 +61,8 @@ class BackboneSpec:
     ``pooled_dim``: length of :meth:`Backbone.pool`'s vector.  ``mean`` / ``std``: per-channel RGB normalisation
     of images in ``[0, 1]``.  ``mid_layer`` / ``mid_channels`` / ``mid_stride``: the finer map
     :meth:`Backbone.forward_levels` also returns (small objects need more than the stride-32 map).
+    ``stem_channels``: channels of the stride-32 map before the last block (lite0: ``blocks.6``, before the
+    1x1 ``conv_head``; googlenet: ``inception5a``).
     """
 
     name: str
@@ -72,16 +74,17 @@ class BackboneSpec:
     mid_layer: str = ""  # submodule of ``features`` whose output is the stride-``mid_stride`` map
     mid_channels: int = 0
     mid_stride: int = 16
+    stem_channels: int = 0  # channels of the map before the last block (``region.split_backbone``'s stem), stride 32
 
 
 _SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec(
         name="lite0", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
-        mid_layer="blocks.4", mid_channels=112, mid_stride=16,
+        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320,
     ),
     "googlenet": BackboneSpec(
         name="googlenet", feature_channels=1024, feature_stride=32, pooled_dim=1024, mean=_HALF, std=_HALF,
-        mid_layer="inception4e", mid_channels=832, mid_stride=16,
+        mid_layer="inception4e", mid_channels=832, mid_stride=16, stem_channels=832,
     ),
 }
 

@@ -6,7 +6,9 @@ Two ways to get a proposal's features (``RegionConfig.mode``):
   whole backbone; the globally pooled last map feeds the member's head.  With ``shared_trunk=False`` every member owns
   (and fine-tunes) its whole backbone: the paper's six GoogLeNets.
 * ``roi``  -- SPPnet / Fast R-CNN: the trunk runs once on the whole image (shorter side ``image_size``) and each
-  context-padded proposal is RoI-aligned from the last feature map.  Far cheaper on a CPU: the embedded default.
+  context-padded proposal is RoI-aligned (``roi_size`` x ``roi_size``) from a stride-32 map: the last one
+  (``roi_layer="last"``) or the one before the last block (``"stem"``: lite0's 320-channel ``blocks.6``, before
+  its 1x1 expansion to 1280).  Far cheaper on a CPU: the embedded default (``stem``, 4x4).
 
 Members of a ``shared_trunk`` ensemble share one frozen ImageNet trunk (up to the backbone's last block, the
 "stem"); each member owns its head, and the frozen last block (the "neck") is shared too.  The ensemble averages
@@ -29,6 +31,7 @@ __all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble"
            "load_ensemble", "default_region_model_path"]
 
 MODES = ("roi", "warp")
+ROI_LAYERS = ("last", "stem")
 NUM_CLASSES = 201  # background + the 200 ILSVRC DET classes
 
 
@@ -45,13 +48,17 @@ class RegionConfig:
     context_padding: int = 16  # pixels of context around a box at crop_size (R-CNN: 16 at 224)
     image_size: int = 600  # roi: the image's shorter side is resized to this ...
     max_image_size: int = 1000  # ... unless its longer side would pass this
-    roi_size: int = 2  # roi: RoIAlign grid on the last map (frozen features; the heads are MLPs on them)
+    roi_size: int = 2  # roi: RoIAlign grid on the pooled map (frozen features; the heads are MLPs on them)
+    roi_layer: str = "last"  # roi: pool the last map ("last") or the map before the last block ("stem")
+    standardize: bool = False  # roi: heads standardise their input with the training features' mean and std
     hidden: int = 256  # hidden layer of the head (0: a linear head)
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"RegionConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.roi_layer not in ROI_LAYERS:
+            raise ValueError(f"RegionConfig.roi_layer must be one of {ROI_LAYERS}, got {self.roi_layer!r}")
         if self.members < 1:
             raise ValueError(f"RegionConfig.members must be >= 1, got {self.members}")
         if self.num_classes < 2:
@@ -74,15 +81,30 @@ class RoIHead(nn.Module):
     """RoI-pooled features ``[R, C, s, s]`` (:func:`roi_pool` of the last map) -> logits ``[R, classes]``.
 
     The pooling has no parameters, so training can cache pooled features and the members share them at test time.
+    With ``cfg.standardize`` the flattened input is standardised by the buffers ``feat_mean`` / ``feat_std``
+    (set from the training features by :meth:`set_feature_stats`, saved with the head).
     """
 
     def __init__(self, *, in_channels: int, cfg: RegionConfig):
         super().__init__()
-        self.classifier = _mlp(in_channels * cfg.roi_size ** 2, hidden=cfg.hidden, num_classes=cfg.num_classes,
-                               dropout=cfg.dropout)
+        d = in_channels * cfg.roi_size ** 2
+        self.standardize = cfg.standardize
+        if cfg.standardize:
+            self.register_buffer("feat_mean", torch.zeros(d))
+            self.register_buffer("feat_std", torch.ones(d))
+        self.classifier = _mlp(d, hidden=cfg.hidden, num_classes=cfg.num_classes, dropout=cfg.dropout)
+
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        if not self.standardize:
+            raise RuntimeError("this head was built with standardize=False")
+        self.feat_mean.copy_(mean.flatten())
+        self.feat_std.copy_(std.flatten())
 
     def forward(self, pooled: Tensor) -> Tensor:
-        return self.classifier(pooled.flatten(1))
+        x = pooled.flatten(1)
+        if self.standardize:
+            x = (x - self.feat_mean) / self.feat_std
+        return self.classifier(x)
 
 
 class PooledHead(nn.Module):
@@ -119,7 +141,8 @@ class RegionEnsemble(nn.Module):
                              f"got {len(backbones)}")
         self.cfg = cfg
         self.backbones = nn.ModuleList(backbones)
-        c = backbones[0].spec.feature_channels
+        spec = backbones[0].spec
+        c = spec.stem_channels if cfg.mode == "roi" and cfg.roi_layer == "stem" else spec.feature_channels
         head = RoIHead if cfg.mode == "roi" else PooledHead
         self.heads = nn.ModuleList(head(in_channels=c, cfg=cfg) for _ in range(cfg.members))
         self.record: dict = {}
@@ -131,6 +154,13 @@ class RegionEnsemble(nn.Module):
 
     def _backbone(self, member: int) -> Backbone:
         return self.backbones[0 if self.cfg.shared_trunk else member]
+
+    def roi_map(self, x: Tensor, member: int = 0) -> Tensor:
+        """roi mode: the stride-32 map the proposals are pooled from (``cfg.roi_layer``) for images ``[B, 3, h, w]``."""
+        bb = self._backbone(member)
+        if self.cfg.roi_layer == "stem":
+            return split_backbone(bb)[0](x)
+        return bb(x)
 
     # ------------------------------------------------------------------ inputs
 
@@ -180,7 +210,7 @@ class RegionEnsemble(nn.Module):
             for m in range(M):
                 key = 0 if self.cfg.shared_trunk else m
                 if key not in pooled:
-                    pooled[key] = roi_pool(self._backbone(m)(x[None]), rois, roi_size=self.cfg.roi_size)
+                    pooled[key] = roi_pool(self.roi_map(x[None], m), rois, roi_size=self.cfg.roi_size)
                 t = time.perf_counter()
                 out[m] = self.heads[m](pooled[key])
                 t_heads += time.perf_counter() - t

@@ -33,7 +33,7 @@ CHUNK = 64
 
 @dataclass
 class MemberSettings:
-    epochs: int = 8
+    epochs: int = 5
     rois_per_batch: int = 128
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
@@ -55,6 +55,22 @@ class RoIPool:
     max_iou: Tensor
     image: Tensor
     skipped: list
+
+    def feature_stats(self, chunk: int = 65536) -> tuple[Tensor, Tensor]:
+        """Per-feature mean and std ``[C, s, s]`` over every RoI and its mirror image (training flips, so the
+        statistics are made symmetric); std + 1e-3, for the heads' input standardisation.  Computed once."""
+        if getattr(self, "_stats", None) is None:
+            s1 = torch.zeros(self.feats.shape[1:], dtype=torch.float64)
+            s2 = torch.zeros_like(s1)
+            for i in range(0, len(self.feats), chunk):
+                x = self.feats[i:i + chunk].double()
+                s1 += x.sum(0)
+                s2 += (x * x).sum(0)
+            n = len(self.feats)
+            s1, s2 = (s1 + s1.flip(-1)) / (2 * n), (s2 + s2.flip(-1)) / (2 * n)
+            std = (s2 - s1 * s1).clamp_min(0).sqrt() + 1e-3
+            self._stats = (s1.float(), std.float())
+        return self._stats
 
 
 def member_bg_iou_low(member: int) -> float:
@@ -87,7 +103,7 @@ def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, propo
     ``rank::world_size`` and return ``None`` -- under torchrun each rank fills its part of the cache, then, after a
     barrier, every rank reads all of it.
     """
-    trunk = model.backbones[0].eval()
+    model.backbones[0].eval()
     out_dir = Path(cache_dir) / key
     out_dir.mkdir(parents=True, exist_ok=True)
     parts, skipped = [], []
@@ -116,7 +132,7 @@ def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, propo
                 gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + pos)
                 keep = pool_indices(labels, max_iou, fg=settings.fg_per_image, bg=settings.bg_per_image, gen=gen)
                 x, scale = model.prepare_image(img)
-                pooled = roi_pool(trunk(x[None]), model.rois(boxes[keep], scale=scale),
+                pooled = roi_pool(model.roi_map(x[None]), model.rois(boxes[keep], scale=scale),
                                   roi_size=model.cfg.roi_size)
                 chunk["feats"].append(pooled.half().cpu())
                 chunk["labels"].append(labels[keep])
@@ -154,6 +170,8 @@ def train_member(model: RegionEnsemble, member: int, pool: RoIPool, *, settings:
     for mod in head.modules():
         if isinstance(mod, nn.Linear):
             mod.reset_parameters()
+    if getattr(head, "standardize", False):
+        head.set_feature_stats(*pool.feature_stats())
     ddp = head
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -124,10 +124,16 @@ def test_feature_map_and_pool_shapes(name, channels, lite0, random_googlenet):
     mid_channels = 112 if name == "lite0" else 832
     assert net.spec == BackboneSpec(name=name, feature_channels=channels, feature_stride=32, pooled_dim=channels,
                                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), mid_layer=net.spec.mid_layer,
-                                    mid_channels=mid_channels, mid_stride=16)
+                                    mid_channels=mid_channels, mid_stride=16,
+                                    stem_channels=320 if name == "lite0" else 832)
     with torch.no_grad():
         mid, last = net.forward_levels(torch.randn(1, 3, 224, 224))
         assert mid.shape == (1, mid_channels, 14, 14) and last.shape == (1, channels, 7, 7)
+        # the map before the last block (what roi_layer=stem pools) has stem_channels at stride 32
+        from detection.models.region import split_backbone
+
+        stem = split_backbone(net)[0](torch.randn(1, 3, 224, 224))
+        assert stem.shape == (1, net.spec.stem_channels, 7, 7)
         fmap = net(torch.randn(1, 3, 224, 224))
         assert fmap.shape == (1, channels, 7, 7)
         assert net.pool(fmap).shape == (1, channels)

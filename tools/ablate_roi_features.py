@@ -9,7 +9,7 @@ train split, then scored (ILSVRC protocol) on the first images of val with ``pap
 where missing).  It also counts, per val object, whether its best well-localised proposal (IoU >= 0.5) outscores
 its best poorly-localised one (0.1 <= IoU < 0.5): features that cannot tell them apart lose the object in NMS.
 
-    python tools/ablate_roi_features.py --train-images 600 --val-images 150        # README figures, ~15 min
+    python tools/ablate_roi_features.py --train-images 600 --val-images 150        # README figures, ~10 min
 """
 from __future__ import annotations
 

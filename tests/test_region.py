@@ -11,7 +11,7 @@ from detection.labels import det200
 from detection.models.backbones import build_backbone
 from detection.models.region import RegionConfig, RegionEnsemble, load_ensemble, roi_pool, save_ensemble
 from detection.training.roi import MemberSettings, RoIPool, member_bg_iou_low, pool_indices, train_member
-from detection.training.sampler import label_proposals, sample_indices
+from detection.training.sampler import label_proposals, labelled_images, sample_indices
 
 
 # ------------------------------------------------------------------ crops
@@ -57,6 +57,22 @@ def test_label_proposals_at_the_threshold():
     torch.testing.assert_close(iou[:2], torch.tensor([1.0, 0.5]))
     _, labels, _ = label_proposals(half, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert labels.tolist() == [0]
+
+
+def test_labelled_images_skips_and_counts_what_it_cannot_use(tiny_voc):
+    from detection.data import read_voc
+
+    ds = read_voc(tiny_voc, name="tiny")
+    names = [r.path.stem for r in ds.records]
+    props = [None if n == "coffee" else torch.tensor([[0.0, 0, 50, 50]]) for n in names]
+    skipped, missing = [], []
+    got = list(labelled_images(ds.records, props, skipped=skipped, missing=missing, start=10))
+    want = [10 + i for i, n in enumerate(names) if n not in ("coffee", "broken")]
+    assert [g[0] for g in got] == want and missing == [10 + names.index("coffee")]
+    assert len(skipped) == 2 and any("no proposals" in m for m in skipped) and any("broken.jpg" in m for m in skipped)
+    for pos, rec, img, boxes, labels, max_iou in got:
+        assert img.shape == (rec.height, rec.width, 3)
+        torch.testing.assert_close(boxes, label_proposals(props[pos - 10], rec.boxes, rec.labels)[0])
 
 
 def test_sample_indices_keeps_the_fg_fraction():

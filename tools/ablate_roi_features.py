@@ -30,14 +30,14 @@ import hydra_support as hs  # noqa: E402
 
 hs.register_schemas()
 
-from detection.data.image_io import ImageDecodeError, read_image_rgb  # noqa: E402
+from detection.data.image_io import read_image_rgb  # noqa: E402
 from detection.detector import postprocess  # noqa: E402
 from detection.evaluation import evaluate  # noqa: E402
 from detection.evaluation.detections import Detections  # noqa: E402
 from detection.models.backbones import build_backbone  # noqa: E402
 from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
 from detection.training.roi import pool_indices  # noqa: E402
-from detection.training.sampler import label_proposals  # noqa: E402
+from detection.training.sampler import labelled_images  # noqa: E402
 
 VARIANTS = {"last2": ["last2"], "stem4": ["stem4"], "last2+mid4": ["last2", "mid4"], "stem4+mid4": ["stem4", "mid4"],
             "last2+mid6": ["last2", "mid6"]}
@@ -97,16 +97,9 @@ def main() -> None:
     feats: dict = {k: [] for k in ("last2", "stem4", "mid4", "mid6")}
     labels, skipped = [], []
     with torch.inference_mode():
-        for i, (r, p) in enumerate(tqdm(list(zip(train.records, train_props)), desc="train features", unit="img")):
-            if p is None:
-                skipped.append(f"{r.path}: no proposals")
-                continue
-            try:
-                img = read_image_rgb(r.path)
-            except ImageDecodeError as e:
-                skipped.append(str(e))
-                continue
-            boxes, lab, max_iou = label_proposals(p["boxes"], r.boxes, r.labels, fg_iou=0.5)
+        boxes_of = [p["boxes"] if p is not None else None for p in train_props]
+        for i, _r, img, boxes, lab, max_iou in tqdm(labelled_images(train.records, boxes_of, skipped=skipped),
+                                                    total=len(train.records), desc="train features", unit="img"):
             keep = pool_indices(lab, max_iou, fg=32, bg=96, gen=torch.Generator().manual_seed(i))
             for k, v in features(img, boxes[keep]).items():
                 feats[k].append(v.half())

@@ -13,18 +13,17 @@ settings continues.  Under ``torchrun`` every rank takes its share of each mini-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
 from detection.models.region import RegionEnsemble, roi_pool
 from detection.training.loop import MemberRun
-from detection.training.sampler import label_proposals
+from detection.training.sampler import labelled_images
 
 __all__ = ["MemberSettings", "RoIPool", "compute_roi_features", "train_member", "member_bg_iou_low"]
 
@@ -55,11 +54,12 @@ class RoIPool:
     max_iou: Tensor
     image: Tensor
     skipped: list
+    _stats: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def feature_stats(self, chunk: int = 65536) -> tuple[Tensor, Tensor]:
         """Per-feature mean and std ``[C, s, s]`` over every RoI and its mirror image (training flips, so the
         statistics are made symmetric); std + 1e-3, for the heads' input standardisation.  Computed once."""
-        if getattr(self, "_stats", None) is None:
+        if self._stats is None:
             s1 = torch.zeros(self.feats.shape[1:], dtype=torch.float64)
             s2 = torch.zeros_like(s1)
             for i in range(0, len(self.feats), chunk):
@@ -117,18 +117,10 @@ def compute_roi_features(dataset: DetectionDataset, model: RegionEnsemble, propo
             chunk = None  # computed while some proposals were missing: they are there now, so it is stale
         if chunk is None:
             chunk = {"feats": [], "labels": [], "max_iou": [], "image": [], "skipped": [], "no_proposals": []}
-            for j, r in enumerate(dataset.records[ci * CHUNK:(ci + 1) * CHUNK]):
-                pos = ci * CHUNK + j
-                if proposals[pos] is None:
-                    chunk["skipped"].append(f"{r.path}: no proposals")
-                    chunk["no_proposals"].append(pos)
-                    continue
-                try:
-                    img = read_image_rgb(r.path)
-                except ImageDecodeError as e:
-                    chunk["skipped"].append(str(e))
-                    continue
-                boxes, labels, max_iou = label_proposals(proposals[pos], r.boxes, r.labels, fg_iou=settings.fg_iou)
+            rng = slice(ci * CHUNK, (ci + 1) * CHUNK)
+            for pos, _r, img, boxes, labels, max_iou in labelled_images(
+                    dataset.records[rng], proposals[rng], fg_iou=settings.fg_iou, skipped=chunk["skipped"],
+                    missing=chunk["no_proposals"], start=ci * CHUNK):
                 gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + pos)
                 keep = pool_indices(labels, max_iou, fg=settings.fg_per_image, bg=settings.bg_per_image, gen=gen)
                 x, scale = model.prepare_image(img)

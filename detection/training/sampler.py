@@ -7,11 +7,40 @@ R-CNN's hard-ish negatives).  Ground-truth boxes themselves join the proposals a
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["label_proposals", "sample_indices"]
+from detection.data.image_io import ImageDecodeError, read_image_rgb
+from detection.data.records import ImageRecord
+
+__all__ = ["label_proposals", "sample_indices", "labelled_images"]
+
+
+def labelled_images(records: Sequence[ImageRecord], proposals: Sequence[Tensor | None], *, fg_iou: float = 0.5,
+                    skipped: list, missing: list | None = None, start: int = 0
+                    ) -> Iterator[tuple[int, ImageRecord, np.ndarray, Tensor, Tensor, Tensor]]:
+    """The training images, decoded, with their proposals labelled (:func:`label_proposals`).
+
+    Yields ``(position, record, image, boxes, labels, max_iou)``; ``position`` counts from ``start``.  An image
+    without proposals (``None``) or that cannot be decoded is skipped and its message appended to ``skipped``
+    (the positions of the former also to ``missing``, when given): counted, never silently dropped.
+    """
+    for j, (r, props) in enumerate(zip(records, proposals)):
+        if props is None:
+            skipped.append(f"{r.path}: no proposals")
+            if missing is not None:
+                missing.append(start + j)
+            continue
+        try:
+            img = read_image_rgb(r.path)
+        except ImageDecodeError as e:
+            skipped.append(str(e))
+            continue
+        yield (start + j, r, img, *label_proposals(props, r.boxes, r.labels, fg_iou=fg_iou))
 
 
 def label_proposals(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, fg_iou: float = 0.5,

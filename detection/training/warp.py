@@ -16,13 +16,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detection.crops import warp_crops
-from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
 from detection.models.backbones import build_backbone
 from detection.models.region import RegionConfig, RegionEnsemble
 from detection.training.loop import MemberRun
 from detection.training.roi import MemberSettings, member_bg_iou_low
-from detection.training.sampler import label_proposals, sample_indices
+from detection.training.sampler import labelled_images, sample_indices
 
 __all__ = ["train_warp_members"]
 
@@ -45,18 +44,10 @@ class _Member(nn.Module):
 
 
 def _load_images(dataset: DetectionDataset, proposals: list[Tensor | None], fg_iou: float, log) -> list[dict]:
-    items, skipped = [], []
-    for r, props in zip(dataset.records, proposals):
-        if props is None:
-            skipped.append(f"{r.path}: no proposals")
-            continue
-        try:
-            img = read_image_rgb(r.path)
-        except ImageDecodeError as e:
-            skipped.append(str(e))
-            continue
-        boxes, labels, max_iou = label_proposals(props, r.boxes, r.labels, fg_iou=fg_iou)
-        items.append({"image": img, "boxes": boxes, "labels": labels, "max_iou": max_iou})
+    skipped: list = []
+    items = [{"image": img, "boxes": boxes, "labels": labels, "max_iou": max_iou}
+             for _pos, _r, img, boxes, labels, max_iou in labelled_images(dataset.records, proposals, fg_iou=fg_iou,
+                                                                          skipped=skipped)]
     for s in skipped:
         log(f"warp training: skipped {s}")
     if not items:

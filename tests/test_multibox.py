@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from proposals.multibox.loss import match, matching_cost, multibox_loss
-from proposals.multibox.model import MultiBoxConfig, MultiBoxHead, to_pixel_boxes
+from proposals.multibox.model import MultiBoxConfig, MultiBoxHead, crop_windows, to_pixel_boxes
 from proposals.multibox.priors import kmeans_priors
 from proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
 
@@ -151,6 +151,47 @@ def test_backbone_levels_are_one_pass_with_the_stride16_map():
         mid, last = bb.forward_levels(x)
         torch.testing.assert_close(last, bb(x))
     assert mid.shape == (1, 112, 8, 6) and last.shape == (1, 1280, 4, 3)
+
+
+def test_crop_windows_cover_the_image_corner_to_corner():
+    assert crop_windows(500, 375) == [(0, 0, 500, 375)]
+    w = crop_windows(500, 375, grid=2, fraction=0.6)
+    assert w == [(0, 0, 500, 375), (0, 0, 300, 225), (200, 0, 500, 225), (0, 150, 300, 375), (200, 150, 500, 375)]
+    w3 = crop_windows(101, 7, grid=3, fraction=0.5)
+    assert len(w3) == 10 and w3[1][:2] == (0, 0) and w3[-1][2:] == (101, 7)
+    assert all(x1 - x0 == 50 and y1 - y0 == 4 for x0, y0, x1, y1 in w3[1:])  # every crop the same size
+    with pytest.raises(ValueError, match="grid"):
+        crop_windows(10, 10, grid=0)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        crop_windows(10, 10, grid=2, fraction=1.0)
+
+
+def test_multi_crop_propose_is_each_window_run_alone_and_mapped_back():
+    """propose(grid=2) = the whole image's boxes + each crop's own boxes shifted into image pixels, ranked together."""
+    from detection.models.backbones import build_backbone
+    from proposals.multibox.model import MultiBox
+
+    torch.manual_seed(0)
+    cfg = MultiBoxConfig(input_size=64, num_priors=6, reduce_channels=8, hidden=16, global_dim=8, prior_embed_dim=4)
+    model = MultiBox(backbone=build_backbone("lite0", weights=None), cfg=cfg,
+                     priors=kmeans_priors(rand_boxes(50, torch.Generator().manual_seed(1)), k=6, seed=0)).eval()
+    torch.nn.init.normal_(model.head.delta.weight, std=0.5)  # boxes depend on the pixels, not only the priors
+    torch.nn.init.normal_(model.head.conf.weight, std=0.5)
+    img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    boxes, scores = model.propose(img, grid=2, crop_fraction=0.6)
+    assert boxes.shape == (5 * 6, 4) and (scores[:-1] >= scores[1:]).all()
+    want_b, want_s = [], []
+    for x0, y0, x1, y1 in crop_windows(120, 90, grid=2, fraction=0.6):
+        b, s = model.propose(img[y0:y1, x0:x1])
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= x1 - x0).all() and (b[:, 3] <= y1 - y0).all()
+        want_b.append(b + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
+        want_s.append(s)
+    want_b, want_s = torch.cat(want_b), torch.cat(want_s)
+    order = torch.sort(want_s, descending=True, stable=True).indices
+    torch.testing.assert_close(scores, want_s[order])
+    torch.testing.assert_close(boxes, want_b[order], atol=1e-4, rtol=0)
+    top, _ = model.propose(img, grid=2, top_k=7)
+    torch.testing.assert_close(top, boxes[:7])
 
 
 @pytest.mark.slow

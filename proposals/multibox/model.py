@@ -19,7 +19,7 @@ from torchvision.ops import roi_align
 
 from detection.models.backbones import Backbone, build_backbone
 
-__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "save_multibox", "load_multibox"]
+__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "crop_windows", "save_multibox", "load_multibox"]
 
 
 @dataclass
@@ -125,12 +125,50 @@ class MultiBox(nn.Module):
         return self.head(last, self.priors, mid)
 
     @torch.inference_mode()
-    def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None) -> tuple[Tensor, Tensor]:
-        """Boxes of one RGB image in its pixels (``Tensor[N, 4]`` xyxy, clipped, best first) and their confidences."""
+    def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None, grid: int = 1,
+                crop_fraction: float = 0.6) -> tuple[Tensor, Tensor]:
+        """Boxes of one RGB image in its pixels (``Tensor[N, 4]`` xyxy, clipped, best first) and their confidences.
+
+        ``grid > 1`` also runs the network on ``grid x grid`` overlapping crops, each ``crop_fraction`` of the image's
+        width and height (see :func:`crop_windows`), in one batch, and pools all their boxes, mapped back into the
+        image: a crop is warped to the same input size, so its objects reach the network ``1 / crop_fraction`` times
+        larger -- small objects that are under a cell of the whole-image maps become findable.  The boxes of all
+        windows are ranked together by confidence (remove near-duplicates with NMS before taking a top k: the merge
+        does, see :func:`proposals.merge.merge_proposals`).
+        """
         h, w = image_rgb.shape[:2]
-        x = self.preprocess(image_rgb).to(self.priors.device)
-        boxes, logits = self(x)
-        return to_pixel_boxes(boxes[0], logits[0], width=w, height=h, top_k=top_k)
+        windows = crop_windows(w, h, grid=grid, fraction=crop_fraction)
+        x = torch.cat([self.preprocess(image_rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows])
+        boxes, logits = self(x.to(self.priors.device))
+        offset = torch.tensor([[x0, y0, x0, y0] for x0, y0, _, _ in windows], dtype=torch.float32)
+        size = torch.tensor([[x1 - x0, y1 - y0] * 2 for x0, y0, x1, y1 in windows], dtype=torch.float32)
+        b = boxes.float().cpu().clamp(0, 1) * size[:, None] + offset[:, None]  # [crops, K, 4] image pixels
+        b = torch.stack([torch.minimum(b[..., 0], b[..., 2]), torch.minimum(b[..., 1], b[..., 3]),
+                         torch.maximum(b[..., 0], b[..., 2]), torch.maximum(b[..., 1], b[..., 3])], -1)
+        scores = torch.sigmoid(logits.float().cpu()).flatten()
+        order = torch.sort(scores, descending=True, stable=True).indices
+        if top_k is not None:
+            order = order[:top_k]
+        return b.reshape(-1, 4)[order], scores[order]
+
+
+def crop_windows(width: int, height: int, *, grid: int = 1, fraction: float = 0.6) -> list[tuple[int, int, int, int]]:
+    """The whole image, then (``grid > 1``) ``grid x grid`` windows each ``fraction`` of the width and height, evenly
+    spaced from corner to corner (overlapping when ``grid * fraction > 1``), row by row; integer pixel xyxy."""
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if grid > 1 and not 0.0 < fraction < 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1), got {fraction}")
+    out = [(0, 0, int(width), int(height))]
+    if grid == 1:
+        return out
+    cw, ch = max(1, round(fraction * width)), max(1, round(fraction * height))
+    for i in range(grid):
+        for j in range(grid):
+            x0 = round((width - cw) * j / (grid - 1))
+            y0 = round((height - ch) * i / (grid - 1))
+            out.append((x0, y0, x0 + cw, y0 + ch))
+    return out
 
 
 def to_pixel_boxes(boxes: Tensor, logits: Tensor, *, width: int, height: int, top_k: int | None

@@ -13,8 +13,12 @@ SOURCE_NAMES = {SOURCE_SELECTIVE_SEARCH: "selective_search", SOURCE_MULTIBOX: "m
 
 
 def merge_proposals(*, ss_boxes: Tensor, mb_boxes: Tensor | None = None, mb_scores: Tensor | None = None,
-                    top_k: int = 200, dedup_iou: float = 0.95, min_size: float = 0.0) -> tuple[Tensor, Tensor]:
+                    top_k: int = 200, mb_nms_iou: float = 1.0, dedup_iou: float = 0.95, min_size: float = 0.0
+                    ) -> tuple[Tensor, Tensor]:
     """Merge the ``top_k`` most confident MultiBox boxes with the selective-search boxes.
+
+    With ``mb_nms_iou < 1`` the MultiBox boxes first go through NMS at that IoU (by confidence), so the ``top_k``
+    are distinct boxes, not copies of the most confident object from neighbouring priors or overlapping crops.
 
     The MultiBox boxes come first (by confidence), then selective search in its ranking order; a box with
     IoU > ``dedup_iou`` to an earlier one is a near-duplicate and dropped (``dedup_iou >= 1`` keeps all); boxes with
@@ -27,8 +31,12 @@ def merge_proposals(*, ss_boxes: Tensor, mb_boxes: Tensor | None = None, mb_scor
     """
     parts, tags = [], []
     if mb_boxes is not None and top_k > 0 and len(mb_boxes):
-        order = torch.sort(mb_scores, descending=True, stable=True).indices[:top_k] if mb_scores is not None \
-            else torch.arange(min(top_k, len(mb_boxes)))
+        if mb_scores is None:
+            order = torch.arange(min(top_k, len(mb_boxes)))
+        elif mb_nms_iou < 1.0:
+            order = nms(mb_boxes.float(), mb_scores.float(), mb_nms_iou)[:top_k]  # by confidence, best first
+        else:
+            order = torch.sort(mb_scores, descending=True, stable=True).indices[:top_k]
         parts.append(mb_boxes[order].float())
         tags.append(torch.full((len(order),), SOURCE_MULTIBOX, dtype=torch.uint8))
     parts.append(ss_boxes.float().reshape(-1, 4))

@@ -113,6 +113,18 @@ def test_merge_order_tags_and_dedup():
     assert len(boxes) == 0  # every box here is 10 px wide
 
 
+def test_merge_suppresses_multibox_near_duplicates_before_top_k():
+    ss = torch.tensor([[100.0, 100, 120, 120]])
+    mb = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10.5], [0, 0, 10.3, 10], [30, 30, 40, 40], [60, 60, 70, 70]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    # without NMS the top 3 are three copies of one box; with NMS at 0.7 they are three different boxes
+    boxes, _ = merge_proposals(ss_boxes=ss, mb_boxes=mb, mb_scores=scores, top_k=3, dedup_iou=1.0)
+    torch.testing.assert_close(boxes[:3], mb[:3])
+    boxes, src = merge_proposals(ss_boxes=ss, mb_boxes=mb, mb_scores=scores, top_k=3, mb_nms_iou=0.7, dedup_iou=1.0)
+    torch.testing.assert_close(boxes, torch.cat([mb[[0, 3, 4]], ss]))
+    assert src.tolist() == [SOURCE_MULTIBOX] * 3 + [SOURCE_SELECTIVE_SEARCH]
+
+
 def test_cache_roundtrip_stale_and_atomic(tmp_path):
     img = tmp_path / "a.jpg"
     img.write_bytes(b"pretend image bytes")

@@ -21,6 +21,13 @@ __all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalSt
 class MultiBoxSettings:
     top_k: int = 200
     model: str | None = None  # a saved MultiBox file; None: the embedded default
+    # the whole image + grid x grid overlapping crops, each crop_fraction of the image (1: the whole image only);
+    # crops let the network see small objects larger
+    grid: int = 2
+    crop_fraction: float = 0.6
+    # near-duplicate MultiBox boxes (from neighbouring priors or overlapping crops) are suppressed at this IoU before
+    # the top_k are taken (1.0: none)
+    nms_iou: float = 0.7
 
 
 @dataclass
@@ -41,8 +48,12 @@ class MultiBoxSource:
 
     method = "multibox"
 
-    def __init__(self, model_path: str | Path | None = None):
+    def __init__(self, model_path: str | Path | None = None, *, grid: int = 1, crop_fraction: float = 0.6):
         from proposals.multibox import default_model_path
+        from proposals.multibox.model import crop_windows
+
+        crop_windows(100, 100, grid=grid, fraction=crop_fraction)  # invalid settings fail here, not in a worker
+        self.grid, self.crop_fraction = int(grid), float(crop_fraction)
 
         self.path = Path(model_path) if model_path else default_model_path()
         if not self.path.is_file():
@@ -53,17 +64,20 @@ class MultiBoxSource:
 
     @property
     def settings(self) -> dict:
-        return {"model_sha1": self._sha1}
+        s = {"model_sha1": self._sha1}
+        if self.grid > 1:  # (the whole-image-only key is unchanged)
+            s.update(grid=self.grid, crop_fraction=self.crop_fraction)
+        return s
 
     def __getstate__(self):
-        return {"path": self.path, "_sha1": self._sha1, "_model": None}
+        return {**self.__dict__, "_model": None}
 
     def __call__(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
         if self._model is None:
             from proposals.multibox.model import load_multibox
 
             self._model = load_multibox(self.path)
-        return self._model.propose(image_rgb)
+        return self._model.propose(image_rgb, grid=self.grid, crop_fraction=self.crop_fraction)
 
 
 class ProposalStage:
@@ -73,7 +87,8 @@ class ProposalStage:
         self.settings = settings
         self.cache_root = Path(cache_root)
         self.ss = SelectiveSearchSource(settings.selective_search)
-        self.mb = MultiBoxSource(settings.multibox.model) if settings.multibox.top_k > 0 else None
+        mb = settings.multibox
+        self.mb = MultiBoxSource(mb.model, grid=mb.grid, crop_fraction=mb.crop_fraction) if mb.top_k > 0 else None
         self.last_seconds: dict = {}  # time per source of the last propose() call
 
     def sources(self):
@@ -114,7 +129,8 @@ class ProposalStage:
                                    f"{dataset.name}; run the extraction first")
             boxes, source = merge_proposals(
                 ss_boxes=ss["boxes"], mb_boxes=mb["boxes"] if mb else None, mb_scores=mb["scores"] if mb else None,
-                top_k=self.settings.multibox.top_k, dedup_iou=self.settings.dedup_iou,
+                top_k=self.settings.multibox.top_k, mb_nms_iou=self.settings.multibox.nms_iou,
+                dedup_iou=self.settings.dedup_iou,
                 min_size=self.settings.min_size)
             out.append({"boxes": boxes, "source": source, "seconds": ss["seconds"] + (mb["seconds"] if mb else 0.0)})
         return out
@@ -131,5 +147,5 @@ class ProposalStage:
         t2 = time.perf_counter()
         self.last_seconds = {"selective_search": t1 - t0, "multibox": t2 - t1}
         return merge_proposals(ss_boxes=ss, mb_boxes=mb_boxes, mb_scores=mb_scores,
-                               top_k=self.settings.multibox.top_k, dedup_iou=self.settings.dedup_iou,
-                               min_size=self.settings.min_size)
+                               top_k=self.settings.multibox.top_k, mb_nms_iou=self.settings.multibox.nms_iou,
+                               dedup_iou=self.settings.dedup_iou, min_size=self.settings.min_size)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,10 +22,11 @@ __all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalSt
 class MultiBoxSettings:
     top_k: int = 200
     model: str | None = None  # a saved MultiBox file; None: the embedded default
-    # the whole image + grid x grid overlapping crops, each crop_fraction of the image (1: the whole image only);
-    # crops let the network see small objects larger
-    grid: int = 2
-    crop_fraction: float = 0.6
+    # MultiBox runs on the whole image + for each level [grid, fraction] grid x grid overlapping crops, each that
+    # fraction of the image ([]: the whole image only): crops let the network see small objects larger
+    crops: list = field(default_factory=lambda: [[2, 0.6]])
+    # drop a crop's boxes that reach one of its edges inside the image (objects cut by the crop)
+    drop_cut: bool = False
     # near-duplicate MultiBox boxes (from neighbouring priors or overlapping crops) are suppressed at this IoU before
     # the top_k are taken (1.0: none)
     nms_iou: float = 0.7
@@ -48,12 +50,14 @@ class MultiBoxSource:
 
     method = "multibox"
 
-    def __init__(self, model_path: str | Path | None = None, *, grid: int = 1, crop_fraction: float = 0.6):
+    def __init__(self, model_path: str | Path | None = None, *, crops: Sequence[Sequence[float]] = (),
+                 drop_cut: bool = False):
         from proposals.multibox import default_model_path
         from proposals.multibox.model import crop_windows
 
-        crop_windows(100, 100, grid=grid, fraction=crop_fraction)  # invalid settings fail here, not in a worker
-        self.grid, self.crop_fraction = int(grid), float(crop_fraction)
+        crop_windows(100, 100, levels=crops)  # invalid settings fail here, not in a worker
+        self.crops = [[int(g), float(f)] for g, f in crops]
+        self.drop_cut = bool(drop_cut)
 
         self.path = Path(model_path) if model_path else default_model_path()
         if not self.path.is_file():
@@ -65,8 +69,8 @@ class MultiBoxSource:
     @property
     def settings(self) -> dict:
         s = {"model_sha1": self._sha1}
-        if self.grid > 1:  # (the whole-image-only key is unchanged)
-            s.update(grid=self.grid, crop_fraction=self.crop_fraction)
+        if self.crops:  # (the whole-image-only key is unchanged)
+            s.update(crops=self.crops, drop_cut=self.drop_cut)
         return s
 
     def __getstate__(self):
@@ -77,7 +81,7 @@ class MultiBoxSource:
             from proposals.multibox.model import load_multibox
 
             self._model = load_multibox(self.path)
-        return self._model.propose(image_rgb, grid=self.grid, crop_fraction=self.crop_fraction)
+        return self._model.propose(image_rgb, crops=self.crops, drop_cut=self.drop_cut)
 
 
 class ProposalStage:
@@ -88,7 +92,7 @@ class ProposalStage:
         self.cache_root = Path(cache_root)
         self.ss = SelectiveSearchSource(settings.selective_search)
         mb = settings.multibox
-        self.mb = MultiBoxSource(mb.model, grid=mb.grid, crop_fraction=mb.crop_fraction) if mb.top_k > 0 else None
+        self.mb = MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut) if mb.top_k > 0 else None
         self.last_seconds: dict = {}  # time per source of the last propose() call
 
     def sources(self):

@@ -155,19 +155,18 @@ def test_backbone_levels_are_one_pass_with_the_stride16_map():
 
 def test_crop_windows_cover_the_image_corner_to_corner():
     assert crop_windows(500, 375) == [(0, 0, 500, 375)]
-    w = crop_windows(500, 375, grid=2, fraction=0.6)
+    w = crop_windows(500, 375, levels=[[2, 0.6]])
     assert w == [(0, 0, 500, 375), (0, 0, 300, 225), (200, 0, 500, 225), (0, 150, 300, 375), (200, 150, 500, 375)]
-    w3 = crop_windows(101, 7, grid=3, fraction=0.5)
+    w3 = crop_windows(101, 7, levels=[(3, 0.5)])
     assert len(w3) == 10 and w3[1][:2] == (0, 0) and w3[-1][2:] == (101, 7)
     assert all(x1 - x0 == 50 and y1 - y0 == 4 for x0, y0, x1, y1 in w3[1:])  # every crop the same size
-    with pytest.raises(ValueError, match="grid"):
-        crop_windows(10, 10, grid=0)
-    with pytest.raises(ValueError, match="crop_fraction"):
-        crop_windows(10, 10, grid=2, fraction=1.0)
+    assert crop_windows(500, 375, levels=[[2, 0.6], [3, 0.5]]) == w + crop_windows(500, 375, levels=[[3, 0.5]])[1:]
+    for bad, msg in [([[1, 0.5]], "grid"), ([[2.5, 0.5]], "grid"), ([[2, 1.0]], "fraction"), ([[2]], r"\[grid, fraction\]")]:
+        with pytest.raises(ValueError, match=msg):
+            crop_windows(10, 10, levels=bad)
 
 
-def test_multi_crop_propose_is_each_window_run_alone_and_mapped_back():
-    """propose(grid=2) = the whole image's boxes + each crop's own boxes shifted into image pixels, ranked together."""
+def _tiny_random_multibox():
     from detection.models.backbones import build_backbone
     from proposals.multibox.model import MultiBox
 
@@ -177,21 +176,53 @@ def test_multi_crop_propose_is_each_window_run_alone_and_mapped_back():
                      priors=kmeans_priors(rand_boxes(50, torch.Generator().manual_seed(1)), k=6, seed=0)).eval()
     torch.nn.init.normal_(model.head.delta.weight, std=0.5)  # boxes depend on the pixels, not only the priors
     torch.nn.init.normal_(model.head.conf.weight, std=0.5)
-    img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    boxes, scores = model.propose(img, grid=2, crop_fraction=0.6)
-    assert boxes.shape == (5 * 6, 4) and (scores[:-1] >= scores[1:]).all()
-    want_b, want_s = [], []
-    for x0, y0, x1, y1 in crop_windows(120, 90, grid=2, fraction=0.6):
+    return model
+
+
+def _each_window_alone(model, img, levels, *, drop_cut=False):
+    """Every window run on its own and shifted into image pixels, with the cut-box rule applied here independently."""
+    h, w = img.shape[:2]
+    boxes, scores = [], []
+    for x0, y0, x1, y1 in crop_windows(w, h, levels=levels):
         b, s = model.propose(img[y0:y1, x0:x1])
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= x1 - x0).all() and (b[:, 3] <= y1 - y0).all()
-        want_b.append(b + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
-        want_s.append(s)
-    want_b, want_s = torch.cat(want_b), torch.cat(want_s)
-    order = torch.sort(want_s, descending=True, stable=True).indices
-    torch.testing.assert_close(scores, want_s[order])
-    torch.testing.assert_close(boxes, want_b[order], atol=1e-4, rtol=0)
-    top, _ = model.propose(img, grid=2, top_k=7)
+        if drop_cut:
+            mx, my = 0.02 * (x1 - x0), 0.02 * (y1 - y0)
+            cut = ((b[:, 0] <= mx) & (x0 > 0)) | ((b[:, 1] <= my) & (y0 > 0)) \
+                | ((b[:, 2] >= x1 - x0 - mx) & (x1 < w)) | ((b[:, 3] >= y1 - y0 - my) & (y1 < h))
+            b, s = b[~cut], s[~cut]
+        boxes.append(b + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
+        scores.append(s)
+    boxes, scores = torch.cat(boxes), torch.cat(scores)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return boxes[order], scores[order]
+
+
+def test_multi_crop_propose_is_each_window_run_alone_and_mapped_back():
+    """propose(crops=...) = the whole image's boxes + each crop's own boxes shifted into image pixels, ranked."""
+    model = _tiny_random_multibox()
+    img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    levels = [[2, 0.6], [3, 0.45]]
+    boxes, scores = model.propose(img, crops=levels)
+    assert boxes.shape == ((1 + 4 + 9) * 6, 4) and (scores[:-1] >= scores[1:]).all()
+    want_b, want_s = _each_window_alone(model, img, levels)
+    torch.testing.assert_close(scores, want_s)
+    torch.testing.assert_close(boxes, want_b, atol=1e-4, rtol=0)
+    top, _ = model.propose(img, crops=levels, top_k=7)
     torch.testing.assert_close(top, boxes[:7])
+
+
+def test_drop_cut_removes_exactly_the_crop_boxes_at_inner_edges():
+    model = _tiny_random_multibox()
+    torch.nn.init.normal_(model.head.delta.weight, std=2.0)  # large offsets: many boxes reach their window's edges
+    img = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    levels = [[2, 0.6]]
+    all_b, _ = model.propose(img, crops=levels)
+    boxes, scores = model.propose(img, crops=levels, drop_cut=True)
+    want_b, want_s = _each_window_alone(model, img, levels, drop_cut=True)
+    assert 6 <= len(boxes) < len(all_b)  # some crop boxes were cut; the whole image's 6 boxes never are
+    torch.testing.assert_close(scores, want_s)
+    torch.testing.assert_close(boxes, want_b, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

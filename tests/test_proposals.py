@@ -143,3 +143,19 @@ def test_cache_roundtrip_stale_and_atomic(tmp_path):
     assert not list(c.dir.glob(".tmp-*"))
     other = ProposalCache(tmp_path / "cache", "my/split", "selective_search", {"k": 2})
     assert other.dir != c.dir
+
+
+def test_multibox_source_keys_its_cache_by_the_crop_settings_and_rejects_bad_ones():
+    import pickle
+
+    from proposals.pipeline import MultiBoxSource
+
+    whole = MultiBoxSource()
+    crops = MultiBoxSource(crops=[[2, 0.6]])
+    cut = MultiBoxSource(crops=[[2, 0.6]], drop_cut=True)
+    keys = {settings_hash("multibox", s.settings) for s in (whole, crops, cut)}
+    assert len(keys) == 3  # a cache filled with one setting is never read for another
+    assert whole.settings == {"model_sha1": file_sha1(whole.path)}  # whole-image caches keep their old key
+    assert pickle.loads(pickle.dumps(cut)).settings == cut.settings  # what a worker process receives
+    with pytest.raises(ValueError, match="fraction"):
+        MultiBoxSource(crops=[[2, 1.5]])

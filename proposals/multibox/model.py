@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -125,49 +126,67 @@ class MultiBox(nn.Module):
         return self.head(last, self.priors, mid)
 
     @torch.inference_mode()
-    def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None, grid: int = 1,
-                crop_fraction: float = 0.6) -> tuple[Tensor, Tensor]:
+    def propose(self, image_rgb: np.ndarray, *, top_k: int | None = None, crops: Sequence[Sequence[float]] = (),
+                drop_cut: bool = False) -> tuple[Tensor, Tensor]:
         """Boxes of one RGB image in its pixels (``Tensor[N, 4]`` xyxy, clipped, best first) and their confidences.
 
-        ``grid > 1`` also runs the network on ``grid x grid`` overlapping crops, each ``crop_fraction`` of the image's
-        width and height (see :func:`crop_windows`), in one batch, and pools all their boxes, mapped back into the
-        image: a crop is warped to the same input size, so its objects reach the network ``1 / crop_fraction`` times
-        larger -- small objects that are under a cell of the whole-image maps become findable.  The boxes of all
-        windows are ranked together by confidence (remove near-duplicates with NMS before taking a top k: the merge
-        does, see :func:`proposals.merge.merge_proposals`).
+        ``crops``: levels ``(grid, fraction)`` of overlapping crops (see :func:`crop_windows`) run together with the
+        whole image in one batch; every window's boxes are mapped back into the image and all are ranked together by
+        confidence.  A crop is warped to the same input size, so its objects reach the network ``1 / fraction`` times
+        larger: small objects that are under a cell of the whole-image maps become findable.  With ``drop_cut`` a
+        crop's boxes that reach one of its edges inside the image (within 2 % of the crop's side) are dropped: they
+        are objects cut by the crop, which a larger window sees whole.  Near-duplicates across windows remain
+        (the merge removes them with NMS before taking a top k, see :func:`proposals.merge.merge_proposals`).
         """
         h, w = image_rgb.shape[:2]
-        windows = crop_windows(w, h, grid=grid, fraction=crop_fraction)
+        windows = crop_windows(w, h, levels=crops)
         x = torch.cat([self.preprocess(image_rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows])
         boxes, logits = self(x.to(self.priors.device))
+        raw = boxes.float().cpu()  # [windows, K, 4] normalised to each window
         offset = torch.tensor([[x0, y0, x0, y0] for x0, y0, _, _ in windows], dtype=torch.float32)
         size = torch.tensor([[x1 - x0, y1 - y0] * 2 for x0, y0, x1, y1 in windows], dtype=torch.float32)
-        b = boxes.float().cpu().clamp(0, 1) * size[:, None] + offset[:, None]  # [crops, K, 4] image pixels
+        b = raw.clamp(0, 1) * size[:, None] + offset[:, None]  # image pixels
         b = torch.stack([torch.minimum(b[..., 0], b[..., 2]), torch.minimum(b[..., 1], b[..., 3]),
                          torch.maximum(b[..., 0], b[..., 2]), torch.maximum(b[..., 1], b[..., 3])], -1)
-        scores = torch.sigmoid(logits.float().cpu()).flatten()
+        scores = torch.sigmoid(logits.float().cpu())
+        keep = torch.ones(scores.shape, dtype=torch.bool)
+        if drop_cut:
+            lo = torch.minimum(raw[..., :2], raw[..., 2:])  # [windows, K, 2] (x, y) of the top-left corner
+            hi = torch.maximum(raw[..., :2], raw[..., 2:])
+            margin = 0.02
+            for i, (x0, y0, x1, y1) in enumerate(windows):
+                inner_lo = torch.tensor([x0 > 0, y0 > 0])  # which of the window's edges lie inside the image
+                inner_hi = torch.tensor([x1 < w, y1 < h])
+                cut = ((lo[i] <= margin) & inner_lo).any(-1) | ((hi[i] >= 1 - margin) & inner_hi).any(-1)
+                keep[i] &= ~cut
+        b, scores = b[keep], scores[keep]
         order = torch.sort(scores, descending=True, stable=True).indices
         if top_k is not None:
             order = order[:top_k]
-        return b.reshape(-1, 4)[order], scores[order]
+        return b[order], scores[order]
 
 
-def crop_windows(width: int, height: int, *, grid: int = 1, fraction: float = 0.6) -> list[tuple[int, int, int, int]]:
-    """The whole image, then (``grid > 1``) ``grid x grid`` windows each ``fraction`` of the width and height, evenly
-    spaced from corner to corner (overlapping when ``grid * fraction > 1``), row by row; integer pixel xyxy."""
-    if grid < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
-    if grid > 1 and not 0.0 < fraction < 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1), got {fraction}")
+def crop_windows(width: int, height: int, *, levels: Sequence[Sequence[float]] = ()
+                 ) -> list[tuple[int, int, int, int]]:
+    """The whole image, then for each level ``(grid, fraction)``: ``grid x grid`` windows each ``fraction`` of the
+    width and height, evenly spaced from corner to corner (overlapping when ``grid * fraction > 1``), row by row;
+    integer pixel xyxy."""
     out = [(0, 0, int(width), int(height))]
-    if grid == 1:
-        return out
-    cw, ch = max(1, round(fraction * width)), max(1, round(fraction * height))
-    for i in range(grid):
-        for j in range(grid):
-            x0 = round((width - cw) * j / (grid - 1))
-            y0 = round((height - ch) * i / (grid - 1))
-            out.append((x0, y0, x0 + cw, y0 + ch))
+    for level in levels:
+        if len(level) != 2:
+            raise ValueError(f"a crop level is [grid, fraction], got {list(level)}")
+        grid, fraction = level
+        if grid != int(grid) or grid < 2:
+            raise ValueError(f"a crop level's grid must be an integer >= 2, got {grid}")
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"a crop level's fraction must be in (0, 1), got {fraction}")
+        grid = int(grid)
+        cw, ch = max(1, round(fraction * width)), max(1, round(fraction * height))
+        for i in range(grid):
+            for j in range(grid):
+                x0 = round((width - cw) * j / (grid - 1))
+                y0 = round((height - ch) * i / (grid - 1))
+                out.append((x0, y0, x0 + cw, y0 + ch))
     return out
 
 

@@ -24,9 +24,9 @@ class MultiBoxSettings:
     model: str | None = None  # a saved MultiBox file; None: the embedded default
     # MultiBox runs on the whole image + for each level [grid, fraction] grid x grid overlapping crops, each that
     # fraction of the image ([]: the whole image only): crops let the network see small objects larger
-    crops: list = field(default_factory=lambda: [[2, 0.6]])
+    crops: list = field(default_factory=lambda: [[2, 0.6], [3, 0.45]])
     # drop a crop's boxes that reach one of its edges inside the image (objects cut by the crop)
-    drop_cut: bool = False
+    drop_cut: bool = True
     # near-duplicate MultiBox boxes (from neighbouring priors or overlapping crops) are suppressed at this IoU before
     # the top_k are taken (1.0: none)
     nms_iou: float = 0.7
@@ -39,7 +39,7 @@ class ProposalSettings:
     selective_search: SelectiveSearchSettings = field(default_factory=SelectiveSearchSettings)
     multibox: MultiBoxSettings = field(default_factory=MultiBoxSettings)
     dedup_iou: float = 0.95
-    min_size: float = 0.0
+    min_size: float = 4.0  # boxes with a side under this many pixels are dropped
 
 
 class MultiBoxSource:

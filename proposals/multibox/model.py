@@ -140,8 +140,12 @@ class MultiBox(nn.Module):
         """
         h, w = image_rgb.shape[:2]
         windows = crop_windows(w, h, levels=crops)
-        x = torch.cat([self.preprocess(image_rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows])
-        boxes, logits = self(x.to(self.priors.device))
+        x = torch.cat([self.preprocess(image_rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows]).to(self.priors.device)
+        # on a CPU one window at a time is ~2x faster than one batch of 14 (measured: 1.5 vs 3.0 s on 2 cores, the
+        # trunk's activations outgrow the caches); a GPU takes them all at once
+        chunk = len(windows) if x.device.type == "cuda" else 1
+        outs = [self(x[i:i + chunk]) for i in range(0, len(windows), chunk)]
+        boxes, logits = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         raw = boxes.float().cpu()  # [windows, K, 4] normalised to each window
         offset = torch.tensor([[x0, y0, x0, y0] for x0, y0, _, _ in windows], dtype=torch.float32)
         size = torch.tensor([[x1 - x0, y1 - y0] * 2 for x0, y0, x1, y1 in windows], dtype=torch.float32)

@@ -38,16 +38,16 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     r = run(sys.executable, "tools/train_classifier.py", *train)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "broken.jpg" in r.stdout and "1 images skipped" in r.stdout  # reported, not silently dropped
-    assert "member 1 epoch 2:" in r.stdout
+    assert "fine-tuning epoch 2:" in r.stdout
     model = load_ensemble(tmp_path / "model" / "region.pt")
     assert model.cfg.members == 2 and model.cfg.image_size == 128
     rec = model.record
-    assert [len(m["epochs"]) for m in rec["members"]] == [2, 2] and rec["world_size"] == 1
+    assert len(rec["epochs"]) == 2 and rec["world_size"] == 1 and rec["trainable_stages"] == 0
     assert rec["val"]["dataset"] == "tiny" and 0 <= rec["val"]["mAP"] <= 1 and "validation on tiny" in r.stdout
     # a second run finds every epoch done: nothing is recomputed, the same model comes out
     r2 = run(sys.executable, "tools/train_classifier.py", *train)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "member 0: resumed" in r2.stdout and "0 images computed" in r2.stdout
+    assert "fine-tuning: resumed" in r2.stdout and "0 images computed" in r2.stdout
     again = load_ensemble(tmp_path / "model" / "region.pt")
     for a, b in zip(model.heads.state_dict().values(), again.heads.state_dict().values()):
         torch.testing.assert_close(a, b)
@@ -85,9 +85,9 @@ def test_train_classifier_under_torchrun_ddp(tiny_voc, tmp_path):
             "tools/train_classifier.py", *args)
     assert r.returncode == 0, r.stderr[-3000:]
     model = load_ensemble(tmp_path / "model" / "region.pt")
-    assert model.record["world_size"] == 2 and len(model.record["members"][0]["epochs"]) == 1
-    # the two ranks shared the feature extraction: each chunk file exists once
-    assert len(list((tmp_path / "cache" / "roi_features").glob("*/chunk*.pt"))) == 1
+    assert model.record["world_size"] == 2 and len(model.record["epochs"]) == 1
+    # the two ranks shared the trunk-map cache: each readable image's file exists once
+    assert len(list((tmp_path / "cache" / "trunk_maps" / "tiny").glob("trunk_maps-*/*.pt"))) == 4
 
 
 @pytest.mark.parametrize("name", ["train_classifier", "eval_map"])
@@ -95,8 +95,8 @@ def test_train_classifier_under_torchrun_ddp(tiny_voc, tmp_path):
 def test_classifier_configs_compose(name, proposals):
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
         cfg = compose(name, overrides=[f"proposals={proposals}", "data_root=/data"])
-    # training proposals are selective search alone (MultiBox joins at test time)
-    want = 200 if proposals == "paper" and name == "eval_map" else 0
+    # training proposals are the detector's own (paper: with MultiBox's 200)
+    want = 200 if proposals == "paper" else 0
     assert hs.proposal_settings(cfg.proposals).multibox.top_k == want
     if name == "train_classifier":
         assert cfg.model.members == 6 and cfg.train.rois_per_batch == 128 and cfg.train.fg_fraction == 0.25

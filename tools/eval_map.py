@@ -9,7 +9,8 @@ results file.
     python tools/eval_map.py dataset=voc dataset.root=/data/VOC2007 detections=dets.json
     python tools/eval_map.py -m split=val_small detections=dets.json eval.protocol=ilsvrc,voc,coco
 
-Prints the per-class table and mAP; writes metrics.json and pr_curves.png (and, when it ran the detector,
+Prints the per-class table and mAP, and the error breakdown (top false positives by type, misses by size:
+``detection.evaluation.errors``; ``eval.errors=false`` skips it); writes metrics.json, pr_curves.png, errors.png (and, when it ran the detector,
 detections.json in COCO results format) to the Hydra run folder.  Proposals come from the cache, extracted first
 where missing.
 """
@@ -51,9 +52,19 @@ def main(cfg: DictConfig) -> float:
     protocol = cfg.eval.protocol.value if hasattr(cfg.eval.protocol, "value") else str(cfg.eval.protocol)
     metrics = evaluate(dets, dataset, protocol=protocol)
     print(format_table(metrics, title=f"{dataset.name}:"))
+    written = [out / "metrics.json", out / "pr_curves.png"]
+    if cfg.eval.errors:
+        from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
+        from detection.labels import det200
+
+        errors = analyze_errors(dets, dataset)
+        print(format_errors(errors, space=det200(), max_classes=cfg.eval.pr_classes))
+        extra["errors"] = errors.to_dict(det200())
+        plot_errors(errors, out / "errors.png", space=det200(), title=f"{dataset.name}: mAP {100 * metrics.map:.2f}%")
+        written.append(out / "errors.png")
     save_metrics(metrics, out / "metrics.json", extra=extra)
     plot_pr(metrics, out / "pr_curves.png", max_classes=cfg.eval.pr_classes)
-    print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+    print("wrote " + ", ".join(str(w) for w in written))
     return metrics.map
 
 

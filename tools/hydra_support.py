@@ -34,6 +34,7 @@ class Protocol(str, Enum):
 class EvalConfig:
     protocol: Protocol = Protocol.ilsvrc
     pr_classes: int = 20
+    errors: bool = True
 
 
 @dataclass

@@ -32,8 +32,7 @@ def main(cfg: DictConfig) -> None:
     from detection.data.records import DetectionDataset
     from detection.models.backbones import build_backbone
     from detection.models.region import RegionConfig, RegionEnsemble, default_region_model_path, save_ensemble
-    from detection.training.roi import MemberSettings, compute_roi_features, train_member
-    from proposals.cache import settings_hash
+    from detection.training.roi import MemberSettings
     from proposals.pipeline import ProposalStage
 
     hs.resolve_data_root(cfg)
@@ -65,43 +64,18 @@ def main(cfg: DictConfig) -> None:
                                            only=cfg.only_members, backbone_weights=cfg.backbone_weights,
                                            rank=rank, world_size=world, progress=rank == 0, log=log)
     else:
+        # roi mode: the last model.trainable_stages stages of the shared trunk train with the members' heads on
+        # image-centric mini-batches of the proposals the detector sees (0: a frozen trunk, heads only)
+        from detection.training.finetune import train_finetuned
+
+        if cfg.only_members is not None:
+            log("note: roi-mode members train together (they share the fine-tuned stages): only_members is ignored")
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights=cfg.backbone_weights)]
                                ).eval()
-        key = settings_hash("roi-features", {
-            "dataset": dataset.name, "ids": [r.image_id for r in dataset], "backbone": rcfg.backbone,
-            "image_size": rcfg.image_size, "max_image_size": rcfg.max_image_size, "roi_size": rcfg.roi_size,
-            "roi_layer": rcfg.roi_layer,
-            "context": [rcfg.crop_size, rcfg.context_padding], "proposals": OmegaConf.to_container(cfg.proposals),
-            "pool": [mset.fg_iou, mset.fg_per_image, mset.bg_per_image, mset.seed]})
-        feat_dir = cache / "roi_features"
-        t1 = time.perf_counter()
-        if world > 1:  # each rank computes its share of the chunks, then all read them all
-            compute_roi_features(dataset, model, proposals, settings=mset, cache_dir=feat_dir, key=key,
-                                 progress=rank == 0, log=log, shard=(rank, world))
-            hs.barrier(world)
-        pool = compute_roi_features(dataset, model, proposals, settings=mset, cache_dir=feat_dir, key=key,
-                                    progress=rank == 0, log=log)
-        t_feat = time.perf_counter() - t1
-        n_fg = int((pool.labels > 0).sum())
-        log(f"{len(pool.labels)} training RoIs pooled from {int(pool.image.unique().numel())} images ({n_fg} "
-            f"positives, ground truth included; {len(pool.skipped)} images skipped) in {t_feat:.0f} s")
-        members = list(cfg.only_members) if cfg.only_members is not None else list(range(rcfg.members))
-        out_dir = Path(cfg.out_dir)
-        record = {"members": []}
-        for m in members:
-            record["members"].append(train_member(model, m, pool, settings=mset, out_dir=out_dir, rank=rank,
-                                                  world_size=world, progress=rank == 0, log=log))
-        record["feature_seconds"] = t_feat
-        missing = [m for m in range(rcfg.members) if m not in members]
-        for m in list(missing):  # members trained by another run (e.g. in parallel) into the same out_dir
-            ck = out_dir / f"member{m}.ckpt"
-            if ck.exists() and len(torch.load(ck, weights_only=True)["record"]["epochs"]) == mset.epochs:
-                model.heads[m].load_state_dict(torch.load(ck, weights_only=True)["head"])
-                missing.remove(m)
-        if missing:
-            record["untrained_members"] = missing
-            log(f"warning: members {missing} are untrained in {out_dir / 'region.pt'}: run again without "
-                f"only_members (finished members are reused) to assemble the whole ensemble")
+        record = train_finetuned(model, dataset, proposals, settings=mset, cache_root=cache,
+                                 out_dir=cfg.out_dir, backbone_weights=cfg.backbone_weights, rank=rank,
+                                 world_size=world, progress=rank == 0, log=log)
+        model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv), "world_size": world})

@@ -128,7 +128,9 @@ class _Prepared:
         self.rank[order] = np.arange(len(sk)) - starts
 
 
-def _match_ilsvrc(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+def _match_ilsvrc(p: _Prepared, gt_of: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(true positive, ignored) per kept detection; ``gt_of`` (if given, length = kept detections) receives the
+    kept ground-truth index each true positive matched (-1 otherwise)."""
     d, g = _pairs(p.key, p.gt_key)
     ov, _ = _iou_inclusive(p.boxes[d], p.gt_boxes[g])
     ok = ov >= ilsvrc_iou_threshold(p.gt_boxes)[g]  # -inf (no intersection) never passes
@@ -147,6 +149,8 @@ def _match_ilsvrc(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
             first = np.r_[True, dd[1:] != dd[:-1]]
             matched[gg[first]] = True
             tp[dd[first]] = True
+            if gt_of is not None:
+                gt_of[dd[first]] = gg[first]
     return tp, np.zeros(len(p.key), bool)
 
 

@@ -16,6 +16,7 @@ the members' softmax (the paper).  Boxes are ``Tensor[N, 4]`` float xyxy, absolu
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from detection.crops import context_boxes, warp_crops
 from detection.models.backbones import Backbone
 
 __all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
-           "load_ensemble", "default_region_model_path"]
+           "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
+           "load_stages_state_dict"]
 
 MODES = ("roi", "warp")
 ROI_LAYERS = ("last", "stem")
@@ -53,6 +55,9 @@ class RegionConfig:
     standardize: bool = False  # roi: heads standardise their input with the training features' mean and std
     hidden: int = 256  # hidden layer of the head (0: a linear head)
     dropout: float = 0.3
+    # roi mode, roi_layer=stem: how many of the trunk's last stages (lite0: blocks.6, blocks.5, ...) were fine-tuned
+    # with the heads (0: a frozen ImageNet trunk); the file then carries those stages' weights
+    trainable_stages: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,6 +68,11 @@ class RegionConfig:
             raise ValueError(f"RegionConfig.members must be >= 1, got {self.members}")
         if self.num_classes < 2:
             raise ValueError("RegionConfig.num_classes counts background + classes: at least 2")
+        if self.trainable_stages < 0:
+            raise ValueError(f"RegionConfig.trainable_stages must be >= 0, got {self.trainable_stages}")
+        if self.trainable_stages and (self.mode != "roi" or self.roi_layer != "stem" or not self.shared_trunk):
+            raise ValueError("RegionConfig.trainable_stages > 0 needs mode=roi, roi_layer=stem and shared_trunk=true "
+                             "(the warp mode fine-tunes whole backbones instead)")
 
 
 def _mlp(d_in: int, *, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -124,6 +134,72 @@ def split_backbone(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
     n = 2 if backbone.spec.name == "lite0" else 1
     layers = list(backbone.features.children())
     return nn.Sequential(*layers[:-n]), nn.Sequential(*layers[-n:])
+
+
+def _stem_children(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+    """The stem's layers with their names in ``backbone.features`` (lite0's ``blocks`` expanded: ``blocks.i``)."""
+    n = 2 if backbone.spec.name == "lite0" else 1
+    out: list[tuple[str, nn.Module]] = []
+    for name, mod in list(backbone.features.named_children())[:-n]:
+        if name == "blocks":
+            out += [(f"blocks.{i}", b) for i, b in enumerate(mod)]
+        else:
+            out.append((name, mod))
+    return out
+
+
+def stem_stages(backbone: Backbone) -> list[str]:
+    """Names (in ``backbone.features``) of the stem's stages, first to last: lite0 ``blocks.0`` .. ``blocks.6``;
+    googlenet its inception modules up to ``inception5a``.  ``trainable_stages=k`` fine-tunes the last k."""
+    return [n for n, _ in _stem_children(backbone) if n.startswith(("blocks.", "inception"))]
+
+
+def split_stem(backbone: Backbone, trainable: int) -> tuple[nn.Sequential, nn.Sequential, list[str]]:
+    """(frozen part, trainable part, names of the trainable layers) of the stem (:func:`split_backbone`), cut
+    before its last ``trainable`` stages (:func:`stem_stages`; the layers between two stages, e.g. googlenet's
+    max-pools, go with the later one).  The parts share the backbone's modules."""
+    stages = stem_stages(backbone)
+    if not 0 <= trainable < len(stages):
+        raise ValueError(f"trainable_stages must be in 0..{len(stages) - 1} for {backbone.spec.name} "
+                         f"(its stem stages: {', '.join(stages)}), got {trainable}")
+    layers = _stem_children(backbone)
+    names = [n for n, _ in layers]
+    if trainable:
+        first = stages[len(stages) - trainable]
+        prev = stages[len(stages) - trainable - 1]
+        cut = names.index(prev) + 1  # right after the last frozen stage
+        assert names.index(first) >= cut
+    else:
+        cut = len(layers)
+
+    def seq(part):
+        return nn.Sequential(OrderedDict((n.replace(".", "_"), m) for n, m in part))
+
+    return seq(layers[:cut]), seq(layers[cut:]), names[cut:]
+
+
+def stages_state_dict(backbone: Backbone, names: list[str]) -> dict[str, Tensor]:
+    """The parameters and buffers of the layers ``names`` (keys relative to ``backbone.features``)."""
+    out = {}
+    for n in names:
+        for k, v in backbone.features.get_submodule(n).state_dict().items():
+            out[f"{n}.{k}"] = v.detach().clone()
+    return out
+
+
+def load_stages_state_dict(backbone: Backbone, state: dict[str, Tensor]) -> None:
+    """Load :func:`stages_state_dict` output into ``backbone``.  Every key of the layers it names must be there
+    (but BatchNorm's ``num_batches_tracked``: fine-tuning freezes BatchNorm); any other key is an error."""
+    full = backbone.features.state_dict()
+    bad = [k for k in state if k not in full]
+    if bad:
+        raise KeyError(f"{backbone.spec.name} has no trunk weights named {bad[:5]}")
+    layers = {n for n, _ in _stem_children(backbone) if any(k.startswith(n + ".") for k in state)}
+    missing = [k for k in full if any(k.startswith(n + ".") for n in layers) and k not in state
+               and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise KeyError(f"trunk weights {missing[:5]} are missing")
+    backbone.features.load_state_dict(state, strict=False)
 
 
 class RegionEnsemble(nn.Module):
@@ -260,9 +336,13 @@ def save_ensemble(model: RegionEnsemble, path, *, record: dict | None = None, wi
     if with_backbones is None:
         with_backbones = not model.cfg.shared_trunk
     heads = {k: v.half() if v.is_floating_point() else v for k, v in model.heads.state_dict().items()}
+    trunk = None
+    if model.cfg.trainable_stages and not with_backbones:  # only the fine-tuned stages of the shared trunk
+        _, _, names = split_stem(model.backbones[0], model.cfg.trainable_stages)
+        trunk = stages_state_dict(model.backbones[0], names)
     blob = {"config": asdict(model.cfg), "classes": list(det200().wnids),
             "heads": heads, "record": record or model.record or {},
-            "backbones": model.backbones.state_dict() if with_backbones else None}
+            "backbones": model.backbones.state_dict() if with_backbones else None, "trunk_stages": trunk}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -298,6 +378,10 @@ def load_ensemble(path=None, *, backbone_weights: str | None = "imagenet", devic
     model = RegionEnsemble(cfg=cfg, backbones=backbones)
     if saved is not None:
         model.backbones.load_state_dict(saved)
+    elif cfg.trainable_stages:
+        if blob.get("trunk_stages") is None:
+            raise ValueError(f"{path}: trainable_stages={cfg.trainable_stages} but the file has no trunk weights")
+        load_stages_state_dict(model.backbones[0], blob["trunk_stages"])
     model.heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["heads"].items()})
     model.record = blob.get("record", {})
     return model.to(device).eval()

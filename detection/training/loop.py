@@ -18,14 +18,17 @@ class MemberRun:
     ``epochs * steps_per_epoch`` steps); ``ckpt`` holds the state after each finished epoch; if it exists, the run
     resumes after it (``start_epoch``)."""
 
-    def __init__(self, module: nn.Module, *, settings, steps_per_epoch: int, ckpt: Path, record: dict, log=print):
+    def __init__(self, module: nn.Module, *, settings, steps_per_epoch: int, ckpt: Path, record: dict, log=print,
+                 param_groups: list[dict] | None = None):
         self.module, self.settings, self.ckpt, self.log = module, settings, Path(ckpt), log
-        params = [p for p in module.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings.lr,
+        if param_groups is None:  # one group: every trainable parameter at settings.lr
+            param_groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": settings.lr}]
+        self.opt = torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=[g["lr"] for g in param_groups],
                                                          total_steps=settings.epochs * steps_per_epoch,
                                                          pct_start=0.1)
         self.record = {**record, "settings": asdict(settings), "epochs": []}
+        self._name = record.get("name", f"member {record.get('member')}")
         self.start_epoch = 0
         if self.ckpt.exists():
             ck = torch.load(self.ckpt, weights_only=True)
@@ -33,14 +36,18 @@ class MemberRun:
             self.opt.load_state_dict(ck["opt"])
             self.sched.load_state_dict(ck["sched"])
             self.record, self.start_epoch = ck["record"], ck["epoch"] + 1
-            log(f"member {record['member']}: resumed from {self.ckpt} after epoch {self.start_epoch}")
+            log(f"{self._name}: resumed from {self.ckpt} after epoch {self.start_epoch}")
         self._t0 = time.perf_counter()
         self._seconds0 = self.record.get("seconds", 0.0)  # training time of the epochs done before a resume
         self._tot = {"loss": 0.0, "correct": 0, "n": 0}
 
     def step(self, logits: Tensor, targets: Tensor) -> None:
         """Cross-entropy of one mini-batch (this rank's share), backward, optimiser and schedule step."""
-        loss = F.cross_entropy(logits, targets)
+        self.step_loss(F.cross_entropy(logits, targets), logits, targets)
+
+    def step_loss(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        """Backward of ``loss``, optimiser and schedule step; ``logits``/``targets`` (every RoI the loss saw) feed
+        the epoch's loss and RoI-accuracy record."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -57,7 +64,7 @@ class MemberRun:
         self._tot = {"loss": 0.0, "correct": 0, "n": 0}
         self.record["epochs"].append(ep)
         self.record["seconds"] = self._seconds0 + time.perf_counter() - self._t0  # kept by the checkpoint too
-        self.log(f"member {self.record['member']} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
+        self.log(f"{self._name} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
                  f"RoI accuracy {ep['roi_accuracy']:.3f}")
         if save:
             self.ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,10 @@ class MemberSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     flip: bool = True
+    # image-centric fine-tuning (model.trainable_stages, detection.training.finetune): images per mini-batch (each
+    # gives every member rois_per_batch / images_per_batch RoIs) and the fine-tuned stages' learning-rate factor
+    images_per_batch: int = 2
+    trunk_lr_scale: float = 0.1
 
 
 @dataclass

@@ -1,0 +1,280 @@
+"""Fine-tuning ``roi``-mode region classifiers, Fast R-CNN style: the trunk's last stages train with the heads.
+
+The trunk is split (:func:`detection.models.region.split_stem`) into a frozen part and the last
+``cfg.trainable_stages`` stages.  The frozen part's output is computed once per training image and its mirror image
+(fp16, one atomic file per image, keyed by everything that determines it: :class:`TrunkCache`), so an epoch only runs
+the trainable stages, RoIAlign and the heads.  ``trainable_stages=0`` is the frozen trunk: the cache then holds the
+map the heads pool from, and only the heads train.
+
+Mini-batches are image-centric (Fast R-CNN): ``images_per_batch`` images, each giving every member
+``rois_per_batch / images_per_batch`` RoIs at R-CNN's 1:3 positive:background ratio (``fg_fraction``), drawn from the
+image's proposals (the detector's own: selective search + MultiBox) with the ground truth added as positives.  The
+six members share the fine-tuned stages and own their heads: each member draws its own RoIs (its seed; odd members
+draw background only from near misses, IoU in [0.1, 0.5)), and the shared stages learn from the sum of the members'
+losses.  BatchNorm is frozen (statistics and affine parameters: timm's ``freeze_batch_norm_2d``, the
+``FrozenBatchNorm2d`` of timm's BatchNorm-with-activation layers).  The fine-tuned stages learn at ``trunk_lr_scale``
+times the heads' rate.
+
+Nothing is lost to a kill: the cache is per image and atomic, the checkpoint (stages + heads + optimiser + schedule
++ record) is written after every epoch, and the same call resumes after the last finished epoch, drawing exactly what
+an uninterrupted run would.  Under ``torchrun`` each rank takes its images of every mini-batch and DDP averages the
+gradients.  Boxes are ``Tensor[N, 4]`` float xyxy, absolute pixels, no +1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from detection.data.records import DetectionDataset
+from detection.models.region import RegionEnsemble, roi_pool, split_stem
+from detection.training.loop import MemberRun
+from detection.training.roi import MemberSettings, member_bg_iou_low
+from detection.training.sampler import label_proposals, sample_indices
+from proposals.cache import ProposalCache, file_sha1
+
+__all__ = ["TrunkCache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws"]
+
+
+def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
+    """Boxes ``[N, 4]`` xyxy of an image ``width`` pixels wide -> the same boxes in its mirror image."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
+class TrunkCache(ProposalCache):
+    """Per-image cache of the frozen trunk part's output: ``{"map", "map_flip"}`` fp16 ``[C, h, w]`` (the image and
+    its mirror), ``scale`` (image pixels -> network input), ``width``, ``height``, ``image_sha1``."""
+
+    def __init__(self, root: str | Path, dataset: str, settings: dict):
+        super().__init__(root, dataset, "trunk_maps", settings)
+
+
+def trunk_settings(model: RegionEnsemble, *, backbone_weights: str | None) -> dict:
+    """Everything that determines the cached maps (the cache key)."""
+    cfg = model.cfg
+    frozen, _, _ = split_stem(model.backbones[0], cfg.trainable_stages)
+    return {"backbone": cfg.backbone, "weights": str(backbone_weights), "image_size": cfg.image_size,
+            "max_image_size": cfg.max_image_size, "frozen_layers": [n for n, _ in frozen.named_children()]}
+
+
+@torch.inference_mode()
+def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: TrunkCache, *,
+                     positions: list[int], rank: int = 0, world_size: int = 1, progress: bool = True
+                     ) -> list[str]:
+    """Compute the frozen part's maps of ``dataset.records[positions]`` (this rank's share, ``rank::world_size``)
+    that are not cached yet.  Returns the messages of images that could not be decoded (reported, skipped)."""
+    from detection.data.image_io import ImageDecodeError, read_image_rgb
+
+    frozen, _, _ = split_stem(model.backbones[0], model.cfg.trainable_stages)
+    frozen.eval()
+    cache.prepare()
+    skipped = []
+    mine = positions[rank::world_size]
+    for p in tqdm(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
+        r = dataset.records[p]
+        sha = file_sha1(r.path)
+        if cache.load(r.image_id, sha) is not None:
+            continue
+        try:
+            img = read_image_rgb(r.path)
+        except ImageDecodeError as e:
+            skipped.append(str(e))
+            continue
+        x, scale = model.prepare_image(img)
+        both = frozen(torch.stack([x, x.flip(-1)]))
+        cache.save(r.image_id, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
+                                "scale": float(scale), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                                "image_sha1": sha})
+    return skipped
+
+
+class FineTuneNet(nn.Module):
+    """The trainable stages (BatchNorm frozen) and the members' heads; ``forward`` maps one image's cached frozen
+    map and each member's RoIs to each member's logits."""
+
+    def __init__(self, model: RegionEnsemble):
+        super().__init__()
+        from timm.layers import freeze_batch_norm_2d
+
+        _, trainable, self.names = split_stem(model.backbones[0], model.cfg.trainable_stages)
+        import copy
+
+        self.stages = freeze_batch_norm_2d(copy.deepcopy(trainable))
+        self.heads = copy.deepcopy(model.heads)
+        self.roi_size = model.cfg.roi_size
+
+    def forward(self, fmap: Tensor, rois: Tensor, picks: list[Tensor]) -> list[Tensor]:
+        """``fmap [1, C, h, w]`` (the frozen part's output), ``rois [R, 5]`` (pooled once: RoIAlign's backward is
+        the costly part on a CPU), ``picks[m]``: member m's rows of ``rois`` -> ``[len(picks[m]), classes]`` each."""
+        pooled = roi_pool(self.stages(fmap), rois, roi_size=self.roi_size)
+        return [head(pooled[p]) for head, p in zip(self.heads, picks)]
+
+    def trunk_state(self) -> dict[str, Tensor]:
+        """The fine-tuned stages' weights with the backbone's key names (``blocks.6.…``)."""
+        out = {}
+        for k, v in self.stages.state_dict().items():
+            layer, rest = k.split(".", 1)
+            out[f"{layer.replace('_', '.', 1)}.{rest}"] = v.detach().clone()
+        return out
+
+
+def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: int, gen: torch.Generator
+                 ) -> tuple[Tensor, list[Tensor]]:
+    """One image's RoIs for every member: ``(pool, picks)``.  ``pool`` (indices into the image's labelled
+    proposals): up to 2*fg positives and 2*bg background, half of it near misses (IoU in [0.1, 0.5));
+    ``picks[m]`` (indices into ``pool``): member m's up to ``fg`` positives and ``bg`` background, odd members'
+    background from the near misses only (:func:`member_bg_iou_low`) -- the members differ in what they see, and
+    the pool is RoI-pooled once."""
+    from detection.training.roi import pool_indices
+
+    pool = pool_indices(labels, max_iou, fg=2 * fg, bg=2 * bg, gen=gen)
+    lab, iou = labels[pool], max_iou[pool]
+    picks = []
+    for m in range(members):
+        pos = torch.nonzero(lab > 0).flatten()
+        low = member_bg_iou_low(m)
+        neg = torch.nonzero((lab == 0) & (iou >= low)).flatten()
+        if low > 0 and len(neg) < bg:  # few near misses in this image: any background
+            neg = torch.nonzero(lab == 0).flatten()
+        picks.append(torch.cat([pos[torch.randperm(len(pos), generator=gen)[:fg]],
+                                neg[torch.randperm(len(neg), generator=gen)[:bg]]]))
+    return pool, picks
+
+
+def _feature_stats(net: FineTuneNet, cache: TrunkCache, items: list[dict], *, rois_per_image: int,
+                   gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
+    training images, with the initial stages: the heads' input standardisation, fixed for training."""
+    feats = []
+    with torch.no_grad():
+        for it in items[:64]:
+            e = cache.load(it["image_id"])
+            idx = sample_indices(it["labels"], it["max_iou"], num=rois_per_image, fg_fraction=0.25, generator=gen)
+            x = net.stages(e["map"].float()[None])
+            feats.append(roi_pool(x, it["rois"][idx], roi_size=net.roi_size))
+    f = torch.cat(feats).double()
+    m1 = f.mean(0)
+    m2 = (f * f).mean(0)
+    m1, m2 = (m1 + m1.flip(-1)) / 2, (m2 + m2.flip(-1)) / 2
+    return m1.float(), ((m2 - m1 * m1).clamp_min(0).sqrt() + 1e-3).float()
+
+
+def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None], *,
+                    settings: MemberSettings, cache_root: str | Path, out_dir: str | Path,
+                    backbone_weights: str | None = "imagenet", rank: int = 0, world_size: int = 1,
+                    progress: bool = True, log=print) -> dict:
+    """Train ``model`` (roi mode, shared trunk): its last ``cfg.trainable_stages`` stages and every member's head.
+
+    ``proposals[i]``: the proposals of ``dataset.records[i]`` (``None``: none, reported and skipped).  The frozen
+    part's maps are cached under ``cache_root/trunk_maps`` (:class:`TrunkCache`), the per-epoch checkpoint is
+    ``out_dir/finetune.ckpt``.  On return the
+    model holds the trained weights (in eval mode).  Returns the training record.
+    """
+    import time
+
+    cfg = model.cfg
+    t0 = time.perf_counter()
+    cache = TrunkCache(Path(cache_root) / "trunk_maps", dataset.name, trunk_settings(model, backbone_weights=backbone_weights))
+    skipped = [f"{r.path}: no proposals" for r, p in zip(dataset.records, proposals) if p is None]
+    positions = [i for i, p in enumerate(proposals) if p is not None]
+    skipped += cache_trunk_maps(dataset, model, cache, positions=positions, rank=rank, world_size=world_size,
+                                progress=progress)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    t_cache = time.perf_counter() - t0
+    items, no_pos = [], 0
+    for i in positions:
+        r = dataset.records[i]
+        e = cache.load(r.image_id)
+        if e is None:
+            if not any(s.startswith(str(r.path)) for s in skipped):
+                skipped.append(f"{r.path}: no trunk map")
+            continue
+        boxes, labels, max_iou = label_proposals(proposals[i], r.boxes, r.labels, fg_iou=settings.fg_iou)
+        if not (labels > 0).any():
+            no_pos += 1
+            continue  # an image without positives teaches background only: R-CNN's batches need its positives
+        items.append({"image_id": r.image_id, "boxes": boxes, "labels": labels, "max_iou": max_iou,
+                      "rois": model.rois(boxes, scale=e["scale"]).cpu(),
+                      "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
+    for s in skipped:
+        log(f"fine-tuning: skipped {s}")
+    if not items:
+        raise RuntimeError(f"{dataset.name}: no training image with positives")
+    _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
+    log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items)} images of "
+        f"{dataset.name} ({len(skipped)} images skipped, {no_pos} without objects left out); trunk maps cached "
+        f"in {t_cache:.0f} s")
+    n_img = settings.images_per_batch
+    per_image = settings.rois_per_batch // n_img
+    steps = math.ceil(len(items) / n_img)
+    net = FineTuneNet(model)
+    gen0 = torch.Generator().manual_seed(settings.seed)
+    for m, head in enumerate(net.heads):
+        torch.manual_seed(settings.seed * 7919 + m)  # each member's own initialisation
+        for mod in head.modules():
+            if isinstance(mod, nn.Linear):
+                mod.reset_parameters()
+    if cfg.standardize:
+        mean, std = _feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0)
+        for head in net.heads:
+            head.set_feature_stats(mean, std)
+    groups = [{"params": [p for p in net.heads.parameters()], "lr": settings.lr}]
+    trunk_params = [p for p in net.stages.parameters() if p.requires_grad]
+    if trunk_params:
+        groups.append({"params": trunk_params, "lr": settings.lr * settings.trunk_lr_scale})
+    ddp = net
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(net)
+    run = MemberRun(net, settings=settings, steps_per_epoch=steps, ckpt=Path(out_dir) / "finetune.ckpt",
+                    record={"member": "all", "name": "fine-tuning", "trainable_stages": cfg.trainable_stages, "stages": net.names,
+                            "images": len(items), "skipped": len(skipped)}, log=log, param_groups=groups)
+    M = cfg.members
+    n_fg = round(per_image * settings.fg_fraction)
+    for epoch in range(run.start_epoch, settings.epochs):
+        gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        order = torch.randperm(len(items), generator=gen).tolist()
+        net.train()
+        net.stages.eval()  # frozen BatchNorm (and no dropout in the stages): the trunk always runs in eval mode
+        for s in tqdm(range(steps), desc=f"fine-tune epoch {epoch + 1}/{settings.epochs}", unit="step",
+                      leave=False, disable=not progress or rank != 0):
+            batch = [order[(s * n_img + j) % len(order)] for j in range(n_img)]
+            flips = (torch.rand(n_img, generator=gen) < 0.5) & settings.flip
+            # every member's draws for every image of the batch, from the one epoch generator: rank-independent
+            draws = [member_draws(items[b]["labels"], items[b]["max_iou"], members=M, fg=n_fg,
+                                  bg=per_image - n_fg, gen=gen) for b in batch]
+            loss = torch.zeros(())
+            logits_all, targets_all = [], []
+            for j in range(rank, n_img, world_size):
+                it, e = items[batch[j]], cache.load(items[batch[j]]["image_id"])
+                fmap = (e["map_flip"] if flips[j] else e["map"]).float()[None]
+                rois = it["rois_flip"] if flips[j] else it["rois"]
+                pool, picks = draws[j]
+                out = ddp(fmap, rois[pool], picks)
+                for m in range(M):
+                    y = it["labels"][pool[picks[m]]]
+                    loss = loss + F.cross_entropy(out[m], y) / M
+                    logits_all.append(out[m].detach())
+                    targets_all.append(y)
+            run.step_loss(loss / max(1, len(range(rank, n_img, world_size))), torch.cat(logits_all),
+                          torch.cat(targets_all))
+        run.end_epoch(epoch, save=rank == 0)
+    record = run.finish()
+    record["trunk_cache_seconds"] = t_cache
+    # the trained weights into the ensemble
+    from detection.models.region import load_stages_state_dict
+
+    if net.names:
+        load_stages_state_dict(model.backbones[0], net.trunk_state())
+    model.heads.load_state_dict(net.heads.state_dict())
+    return record
+

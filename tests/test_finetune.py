@@ -1,0 +1,104 @@
+"""Fine-tuning the trunk's last stages with the heads (detection.training.finetune) on real photos."""
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from detection.data.records import DetectionDataset, ImageRecord
+from detection.models.backbones import build_backbone
+from detection.models.region import (RegionConfig, RegionEnsemble, load_ensemble, save_ensemble, split_backbone,
+                                     split_stem, stem_stages)
+from detection.training.finetune import (FineTuneNet, TrunkCache, member_draws, mirror_boxes, train_finetuned,
+                                         trunk_settings)
+from detection.training.roi import MemberSettings, member_bg_iou_low
+
+
+def _cfg(k, members=2):
+    return RegionConfig(members=members, image_size=160, max_image_size=240, roi_size=4, roi_layer="stem",
+                        standardize=True, trainable_stages=k)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two real photos with one box each, and proposals around them (some good, some partial, some background)."""
+    recs, props = [], []
+    for i, (name, img, box, label) in enumerate([("chelsea", skimage.data.chelsea(), (60, 20, 420, 300), 59),
+                                                 ("astronaut", skimage.data.astronaut(), (100, 10, 400, 512), 124)]):
+        p = tmp_path / f"{name}.jpg"
+        Image.fromarray(img).save(p, quality=92)
+        h, w = img.shape[:2]
+        b = torch.tensor([box], dtype=torch.float32)
+        recs.append(ImageRecord(p, w, h, b, torch.tensor([label]), torch.tensor([False]), name))
+        g = torch.Generator().manual_seed(i)
+        xy = torch.rand(120, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 16 + torch.rand(120, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
+        jitter = b + torch.randn(20, 4, generator=g) * 25
+        props.append(torch.cat([torch.cat([xy, xy + wh], 1), jitter]).clamp(min=0))
+    return DetectionDataset("two", recs), props
+
+
+def test_stem_stages_and_split_compose_to_the_stem():
+    bb = build_backbone("lite0", weights=None).eval()
+    assert stem_stages(bb) == [f"blocks.{i}" for i in range(7)]
+    x = torch.randn(1, 3, 96, 128)
+    stem, _ = split_backbone(bb)
+    with torch.no_grad():
+        want = stem(x)
+        for k in (0, 1, 2, 3):
+            frozen, trainable, names = split_stem(bb, k)
+            assert names == [f"blocks.{i}" for i in range(7 - k, 7)]
+            torch.testing.assert_close(trainable(frozen(x)), want)
+    assert split_stem(bb, 2)[0](x).shape[1] == 112  # blocks.4: the stride-16 map
+    with pytest.raises(ValueError, match="trainable_stages must be in 0..6"):
+        split_stem(bb, 7)
+    with pytest.raises(ValueError, match="mode=roi, roi_layer=stem"):
+        RegionConfig(mode="warp", trainable_stages=1)
+
+
+def test_member_draws_keep_the_ratio_and_differ_by_member():
+    labels = torch.tensor([3] * 10 + [0] * 200)
+    max_iou = torch.cat([torch.full((10,), 0.7), torch.linspace(0, 0.49, 200)])
+    pool, picks = member_draws(labels, max_iou, members=4, fg=4, bg=12, gen=torch.Generator().manual_seed(0))
+    assert len(set(pool.tolist())) == len(pool) == 8 + 24  # 2x the member share, no repeats
+    for m, p in enumerate(picks):
+        lab, iou = labels[pool[p]], max_iou[pool[p]]
+        assert int((lab > 0).sum()) == 4 and int((lab == 0).sum()) == 12
+        assert bool((iou[lab == 0] >= member_bg_iou_low(m)).all())  # odd members: near misses only
+    assert not torch.equal(picks[0], picks[2])
+
+
+def test_mirror_boxes_round_trip():
+    b = torch.tensor([[10.0, 5.0, 30.0, 40.0]])
+    assert mirror_boxes(b, 100).tolist() == [[70.0, 5.0, 90.0, 40.0]]
+    torch.testing.assert_close(mirror_boxes(mirror_boxes(b, 100), 100), b)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_training_path_equals_inference_path(photos, tmp_path, k):
+    """The logits the fine-tuning computes from the cached frozen map equal the detector's logits for the same
+    boxes, before and after training (so the saved, reloaded model is the one that was trained)."""
+    ds, props = photos
+    model = RegionEnsemble(cfg=_cfg(k), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    settings = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=2, lr=1e-3, trunk_lr_scale=1.0)
+    rec = train_finetuned(model, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                          progress=False, log=lambda *a: None)
+    assert rec["images"] == 2 and rec["stages"] == [f"blocks.{i}" for i in range(7 - k, 7)]
+    path = tmp_path / "m.pt"
+    save_ensemble(model.eval(), path)
+    loaded = load_ensemble(path)
+    cache = TrunkCache(tmp_path / "c" / "trunk_maps", ds.name, trunk_settings(model, backbone_weights="imagenet"))
+    net = FineTuneNet(loaded).eval()
+    for r, p in zip(ds.records, props):
+        e = cache.load(r.image_id)
+        rois = loaded.rois(p[:16], scale=e["scale"])
+        with torch.no_grad():
+            train_path = net(e["map"].float()[None], rois, [torch.arange(16)] * 2)
+        infer = loaded.member_logits(__import__("numpy").asarray(Image.open(r.path).convert("RGB")), p[:16])
+        for m in range(2):
+            torch.testing.assert_close(train_path[m], infer[m], atol=2e-2, rtol=1e-2)
+    if k:  # the fine-tuned stage really changed, and the file carries it
+        fresh = build_backbone("lite0", weights="imagenet")
+        name = f"blocks.{7 - k}"
+        a = fresh.features.get_submodule(name).state_dict()
+        b = loaded.backbones[0].features.get_submodule(name).state_dict()
+        assert any(not torch.equal(a[key], b[key]) for key in a if a[key].is_floating_point())

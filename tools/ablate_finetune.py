@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Which trunk stages should the region classifiers fine-tune?  Chosen on a dev split carved from train, never val.
+
+The dev split: every ``--dev-every``-th voc07/train image (by position in the train split, so the same photos every
+run) whose proposals are cached; the rest of the cached train images train.  For each ``--stages`` value k, the
+embedded default's recipe (lite0, roi mode, 600 px, 6 members) trains its last k trunk stages with the heads
+(``detection.training.finetune``; k = 0: frozen trunk, heads only) on ``paper`` proposals + ground truth, then is
+scored on dev with the same proposals (ILSVRC protocol; six members and member 0 alone).  Also printed: per dev
+object, whether its best well-localised proposal (IoU >= 0.5) outscores its best poorly-localised one
+(0.1 <= IoU < 0.5), and the seconds per training epoch.  Proposals are read from the cache only (fill it with
+``tools/extract_proposals.py --split train``); images without them are counted and left out.
+
+    python tools/ablate_finetune.py --stages 0 1 2 --epochs 3 --train-images 600 --dev-images 150
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hydra_support as hs  # noqa: E402
+
+hs.register_schemas()
+
+from detection.data.records import DetectionDataset  # noqa: E402
+from detection.detector import Detector, DetectorSettings, detect_dataset  # noqa: E402
+from detection.evaluation import evaluate  # noqa: E402
+from detection.models.backbones import build_backbone  # noqa: E402
+from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
+from detection.training.finetune import train_finetuned  # noqa: E402
+from detection.training.roi import MemberSettings  # noqa: E402
+from proposals.pipeline import ProposalStage  # noqa: E402
+
+
+def carve_dev(ds: DetectionDataset, proposals: list, *, every: int) -> tuple[list[int], list[int]]:
+    """(dev positions, train positions) among the images with proposals: dev = voc07/train images whose position
+    in the split is a multiple of ``every``."""
+    dev, train = [], []
+    for i, (r, p) in enumerate(zip(ds.records, proposals)):
+        if p is None:
+            continue
+        (dev if i % every == 0 and "voc07" in str(r.path) else train).append(i)
+    return dev, train
+
+
+def localisation_wins(records, props, model: RegionEnsemble) -> tuple[int, int]:
+    """Objects whose best IoU >= 0.5 proposal outscores (own class, averaged softmax) their best 0.1-0.5 one."""
+    from detection.data.image_io import read_image_rgb
+
+    wins = total = 0
+    for r, p in zip(records, props):
+        if len(r.boxes) == 0:
+            continue
+        iou = box_iou(r.boxes, p)
+        need = [(g, iou[g] >= 0.5, (iou[g] >= 0.1) & (iou[g] < 0.5)) for g in range(len(r.boxes))]
+        need = [n for n in need if n[1].any() and n[2].any()]
+        if not need:
+            continue
+        pr = model.predict(read_image_rgb(r.path), p)
+        for g, good, poor in need:
+            score = pr[:, r.labels[g]]
+            total += 1
+            wins += int(score[good].max() >= score[poor].max())
+    return wins, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--members", type=int, default=6)
+    ap.add_argument("--dev-every", type=int, default=10)
+    ap.add_argument("--train-images", type=int, default=0, help="at most this many training images (0: all)")
+    ap.add_argument("--dev-images", type=int, default=0, help="at most this many dev images (0: all)")
+    ap.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    ap.add_argument("--out", default="checkpoints/ablate_finetune")
+    ap.add_argument("--data-root", default=None, help="default: $DET_DATA_ROOT or ../shared/data")
+    args = ap.parse_args()
+
+    overrides = ["dataset=train", "proposals=paper"] + ([f"data_root={args.data_root}"] if args.data_root else [])
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train_classifier", overrides=overrides)
+    hs.resolve_data_root(cfg)
+    cache = hs.resolve_cache_dir(cfg)
+    ds = instantiate(cfg.dataset, _convert_="all")
+    stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache / "proposals")
+    props = [p["boxes"] if p is not None else None for p in stage.load(ds, skip_missing=True)]
+    dev, train = carve_dev(ds, props, every=args.dev_every)
+    print(f"train split: {len(ds)} images, {sum(p is not None for p in props)} with cached paper proposals "
+          f"({sum(p is None for p in props)} without: left out); dev {len(dev)}, training {len(train)}")
+    if args.train_images:
+        train = train[:args.train_images]
+    if args.dev_images:
+        dev = dev[:args.dev_images]
+    keep = set(train)
+    train_props = [props[i] if i in keep else None for i in range(len(ds))]
+    dev_ds = DetectionDataset("dev", [ds.records[i] for i in dev], ds.report)
+    dev_props = [props[i] for i in dev]
+    print(f"using {len(train)} training and {len(dev)} dev images")
+
+    rows = []
+    base = OmegaConf.to_container(cfg.model)
+    for k in args.stages:
+        rcfg = RegionConfig(**{**base, "members": args.members, "trainable_stages": k})
+        model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights="imagenet")]).eval()
+        mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs, "trunk_lr_scale": args.trunk_lr_scale})
+        t = time.perf_counter()
+        rec = train_finetuned(model, ds, train_props, settings=mset, cache_root=cache,
+                              out_dir=Path(args.out) / f"stages{k}", log=lambda *a: None)
+        t_train = time.perf_counter() - t
+        model.eval()
+        row = {"trainable_stages": k, "stages": rec["stages"], "train_images": rec["images"],
+               "epoch_seconds": rec["seconds"] / max(1, len(rec["epochs"])), "cache_seconds": rec["trunk_cache_seconds"],
+               "train_seconds": t_train, "final_loss": rec["epochs"][-1]["loss"],
+               "roi_accuracy": rec["epochs"][-1]["roi_accuracy"]}
+        for key, members in (("dev_mAP", None), ("dev_mAP_member0", 1)):
+            dets, _ = detect_dataset(Detector(classifier=model, settings=DetectorSettings(members=members)),
+                                     dev_ds, dev_props, progress=False)
+            row[key] = evaluate(dets, dev_ds).map
+        row["wins"], row["contests"] = localisation_wins(dev_ds.records, dev_props, model)
+        rows.append(row)
+        print(f"stages {k} ({', '.join(rec['stages']) or 'frozen'}): dev mAP {100 * row['dev_mAP']:.2f}% "
+              f"(member 0 {100 * row['dev_mAP_member0']:.2f}%), well- beats poorly-localised "
+              f"{row['wins']}/{row['contests']}, {row['epoch_seconds']:.0f} s/epoch", flush=True)
+    print(f"\n{'trainable stages':<26}{'dev mAP':>9}{'member 0':>10}{'loc wins':>12}{'s/epoch':>9}")
+    for r in rows:
+        name = f"{r['trainable_stages']} ({', '.join(r['stages']) or 'frozen'})"
+        print(f"{name:<26}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
+              f"{r['wins']:>6}/{r['contests']:<5}{r['epoch_seconds']:>9.0f}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "ablation.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

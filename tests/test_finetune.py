@@ -102,3 +102,53 @@ def test_training_path_equals_inference_path(photos, tmp_path, k):
         a = fresh.features.get_submodule(name).state_dict()
         b = loaded.backbones[0].features.get_submodule(name).state_dict()
         assert any(not torch.equal(a[key], b[key]) for key in a if a[key].is_floating_point())
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_model(photos, tmp_path):
+    """Kill after epoch 1 of 2, rerun: it resumes from the checkpoint and ends with the uninterrupted run's weights."""
+    ds, props = photos
+    settings = MemberSettings(epochs=2, rois_per_batch=32, images_per_batch=1, trunk_lr_scale=1.0)
+
+    def fresh():
+        return RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+
+    full = fresh()
+    train_finetuned(full, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "a",
+                    progress=False, log=lambda *a: None)
+
+    def kill_after_epoch_1(msg):
+        if msg.startswith("fine-tuning epoch 1:"):
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train_finetuned(fresh(), ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "b",
+                        progress=False, log=kill_after_epoch_1)
+    msgs = []
+    resumed = fresh()
+    rec = train_finetuned(resumed, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "b",
+                          progress=False, log=msgs.append)
+    assert any("resumed" in m and "after epoch 1" in m for m in msgs)
+    assert [e["epoch"] for e in rec["epochs"]] == [1, 2]
+    for a, b in zip(full.heads.state_dict().values(), resumed.heads.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    a = full.backbones[0].features.get_submodule("blocks.6").state_dict()
+    b = resumed.backbones[0].features.get_submodule("blocks.6").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_heads_standardise_with_flip_symmetric_training_statistics(photos, tmp_path):
+    ds, props = photos
+    model = RegionEnsemble(cfg=_cfg(0), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    train_finetuned(model, ds, props, settings=MemberSettings(epochs=1, rois_per_batch=32), cache_root=tmp_path / "c",
+                    out_dir=tmp_path / "o", progress=False, log=lambda *a: None)
+    h0, h1 = model.heads
+    torch.testing.assert_close(h0.feat_mean, h1.feat_mean)  # one input scale for every member
+    mean, std = h0.feat_mean.view(320, 4, 4), h0.feat_std.view(320, 4, 4)
+    torch.testing.assert_close(mean, mean.flip(-1))  # flips are part of training
+    torch.testing.assert_close(std, std.flip(-1))
+    assert float(std.min()) >= 1e-3 and float(mean.abs().max()) > 0.01 and not torch.allclose(std, torch.ones_like(std))

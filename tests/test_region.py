@@ -1,5 +1,4 @@
 """Crops, R-CNN sampling, the region-classifier ensemble, its persistence, the detector's NMS, member training."""
-import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -10,7 +9,7 @@ from detection.detector import Detector, DetectorSettings, postprocess
 from detection.labels import det200
 from detection.models.backbones import build_backbone
 from detection.models.region import RegionConfig, RegionEnsemble, load_ensemble, roi_pool, save_ensemble
-from detection.training.roi import MemberSettings, RoIPool, member_bg_iou_low, pool_indices, train_member
+from detection.training.roi import member_bg_iou_low, pool_indices
 from detection.training.sampler import label_proposals, labelled_images, sample_indices
 
 
@@ -228,98 +227,3 @@ def test_detector_on_given_boxes(lite0):
 
 
 # ------------------------------------------------------------------ member training
-
-def _toy_pool(n=600, seed=0):
-    """Pooled features whose channel pattern says the class: learnable by an MLP head."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=g) * (torch.rand(n, generator=g) < 0.4)
-    feats = torch.randn(n, 8, 2, 2, generator=g) * 0.5
-    feats[torch.arange(n), labels] += 2.0
-    return RoIPool(feats.half(), labels, torch.where(labels > 0, 0.8, 0.3), torch.arange(n), [])
-
-
-def _toy_model(**kw):
-    torch.manual_seed(0)
-    cfg = RegionConfig(members=2, num_classes=4, hidden=16, dropout=0.0, **kw)
-    model = RegionEnsemble.__new__(RegionEnsemble)
-    torch.nn.Module.__init__(model)
-    from detection.models.region import RoIHead
-
-    model.cfg = cfg
-    model.heads = torch.nn.ModuleList(RoIHead(in_channels=8, cfg=cfg) for _ in range(2))
-    return model
-
-
-def test_feature_stats_are_flip_symmetric_and_set_before_training(tmp_path):
-    pool = _toy_pool()
-    pool.feats[:, :, :, 0] += 3.0  # the left column brighter: mirrored RoIs make the statistics symmetric
-    mean, std = pool.feature_stats(chunk=100)
-    both = torch.cat([pool.feats.double(), pool.feats.double().flip(-1)])
-    torch.testing.assert_close(mean.double(), both.mean(0), atol=1e-4, rtol=0)
-    torch.testing.assert_close(std.double(), both.std(0, correction=0) + 1e-3, atol=1e-4, rtol=0)
-    torch.testing.assert_close(mean, mean.flip(-1))
-    model = _toy_model(standardize=True)
-    train_member(model, 0, pool, settings=MemberSettings(epochs=1, rois_per_batch=32), out_dir=tmp_path,
-                 progress=False, log=lambda m: None)
-    torch.testing.assert_close(model.heads[0].feat_mean, mean.flatten())
-    torch.testing.assert_close(model.heads[0].feat_std, std.flatten())
-
-
-def test_member_training_learns_and_resumes_exactly(tmp_path):
-    pool = _toy_pool()
-    s = MemberSettings(epochs=6, rois_per_batch=32, lr=1e-2, seed=1)
-    full = _toy_model()
-    rec = train_member(full, 1, pool, settings=s, out_dir=tmp_path / "a", progress=False, log=lambda m: None)
-    assert rec["epochs"][-1]["loss"] < 0.5 * rec["epochs"][0]["loss"]
-    assert rec["epochs"][-1]["roi_accuracy"] > 0.9 and rec["bg_iou_low"] == 0.1
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(msg, calls=[0]):
-        calls[0] += 1
-        if calls[0] == 2:
-            raise Stop
-
-    part = _toy_model()
-    with pytest.raises(Stop):
-        train_member(part, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=stop_after_two)
-    torch.manual_seed(99)  # a fresh process: another global RNG state, the same result
-    resumed = _toy_model()
-    msgs = []
-    rec2 = train_member(resumed, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=msgs.append)
-    assert msgs[0].startswith("member 1: resumed") and len(rec2["epochs"]) == 6
-    assert rec2["seconds"] > 0.5 * rec["seconds"] > 0  # the time of the epochs before the kill is kept
-    done = train_member(resumed, 1, pool, settings=s, out_dir=tmp_path / "b", progress=False, log=lambda m: None)
-    assert done["seconds"] == rec2["seconds"]  # nothing left to train: the record is the checkpoint's
-    for a, b in zip(full.heads[1].state_dict().values(), resumed.heads[1].state_dict().values()):
-        torch.testing.assert_close(a, b)
-    # another member starts from another initialisation and sampling
-    other = _toy_model()
-    train_member(other, 0, pool, settings=s, out_dir=tmp_path / "c", progress=False, log=lambda m: None)
-    assert not torch.equal(other.heads[0].classifier[0].weight, full.heads[1].classifier[0].weight)
-
-
-def test_roi_feature_cache_is_resumable_and_never_stale(tiny_voc, tmp_path, lite0):
-    from detection.data import read_voc
-    from detection.training.roi import compute_roi_features
-
-    ds = read_voc(tiny_voc, name="tiny")  # 4 photos + 1 truncated file
-    model = _ensemble(lite0, image_size=64, max_image_size=96)
-    props = [torch.tensor([[0.0, 0, 50, 50], [20, 20, 300, 300], [10, 5, 400, 350]]) for _ in range(len(ds))]
-    s = MemberSettings(fg_per_image=2, bg_per_image=2)
-    partial = list(props)
-    partial[0] = None  # e.g. an extraction still under way
-    logs = []
-    a = compute_roi_features(ds, model, partial, settings=s, cache_dir=tmp_path, key="k", progress=False,
-                             log=logs.append)
-    names = [r.path.name for r in ds.records]
-    assert names[1] == "broken.jpg" and set(a.image.tolist()) == {2, 3, 4} and len(a.skipped) == 2
-    assert any("no proposals" in m for m in logs) and any("broken.jpg" in m for m in logs)
-    b = compute_roi_features(ds, model, props, settings=s, cache_dir=tmp_path, key="k", progress=False,
-                             log=lambda m: None)
-    assert set(b.image.tolist()) == {0, 2, 3, 4} and len(b.skipped) == 1  # recomputed with the new proposals
-    c = compute_roi_features(ds, model, props, settings=s, cache_dir=tmp_path, key="k", progress=False,
-                             log=lambda m: None)
-    torch.testing.assert_close(c.feats, b.feats)  # read back from the cache
-    assert b.feats.dtype == torch.float16 and b.feats.shape[1:] == (1280, 2, 2)

@@ -5,7 +5,8 @@ The dev split: every ``--dev-every``-th voc07/train image (by position in the tr
 run) whose proposals are cached; the rest of the cached train images train.  For each ``--stages`` value k, the
 embedded default's recipe (lite0, roi mode, 600 px, 6 members) trains its last k trunk stages with the heads
 (``detection.training.finetune``; k = 0: frozen trunk, heads only) on ``paper`` proposals + ground truth, then is
-scored on dev with the same proposals (ILSVRC protocol; six members and member 0 alone).  Also printed: per dev
+scored on dev with the same proposals (ILSVRC protocol; six members and member 0 alone; per-class NMS at each
+``--nms`` threshold).  Also printed: per dev
 object, whether its best well-localised proposal (IoU >= 0.5) outscores its best poorly-localised one
 (0.1 <= IoU < 0.5), and the seconds per training epoch.  Proposals are read from the cache only (fill it with
 ``tools/extract_proposals.py --split train``); images without them are counted and left out.
@@ -33,8 +34,9 @@ import hydra_support as hs  # noqa: E402
 hs.register_schemas()
 
 from detection.data.records import DetectionDataset  # noqa: E402
-from detection.detector import Detector, DetectorSettings, detect_dataset  # noqa: E402
+from detection.detector import postprocess  # noqa: E402
 from detection.evaluation import evaluate  # noqa: E402
+from detection.evaluation.detections import Detections  # noqa: E402
 from detection.models.backbones import build_backbone  # noqa: E402
 from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
 from detection.training.finetune import train_finetuned  # noqa: E402
@@ -53,25 +55,32 @@ def carve_dev(ds: DetectionDataset, proposals: list, *, every: int) -> tuple[lis
     return dev, train
 
 
-def localisation_wins(records, props, model: RegionEnsemble) -> tuple[int, int]:
-    """Objects whose best IoU >= 0.5 proposal outscores (own class, averaged softmax) their best 0.1-0.5 one."""
+def dev_scores(model: RegionEnsemble, dev: DetectionDataset, props: list, *, nms: list[float]) -> dict:
+    """One trunk pass per dev image: mAP of the six members and of member 0 at each NMS threshold, and the
+    localisation contest (per object: does its best IoU >= 0.5 proposal outscore its best 0.1-0.5 one?)."""
     from detection.data.image_io import read_image_rgb
 
+    probs6, probs1 = [], []
     wins = total = 0
-    for r, p in zip(records, props):
-        if len(r.boxes) == 0:
-            continue
-        iou = box_iou(r.boxes, p)
-        need = [(g, iou[g] >= 0.5, (iou[g] >= 0.1) & (iou[g] < 0.5)) for g in range(len(r.boxes))]
-        need = [n for n in need if n[1].any() and n[2].any()]
-        if not need:
-            continue
-        pr = model.predict(read_image_rgb(r.path), p)
-        for g, good, poor in need:
-            score = pr[:, r.labels[g]]
-            total += 1
-            wins += int(score[good].max() >= score[poor].max())
-    return wins, total
+    with torch.inference_mode():
+        for r, p in tqdm(list(zip(dev.records, props)), desc="dev", unit="img"):
+            logits = model.member_logits(read_image_rgb(r.path), p).float()
+            probs6.append(logits.softmax(-1).mean(0))
+            probs1.append(logits[0].softmax(-1))
+            if len(r.boxes):
+                iou = box_iou(r.boxes, p)
+                for g in range(len(r.boxes)):
+                    good, poor = iou[g] >= 0.5, (iou[g] >= 0.1) & (iou[g] < 0.5)
+                    if good.any() and poor.any():
+                        score = probs6[-1][:, r.labels[g]]
+                        total += 1
+                        wins += int(score[good].max() >= score[poor].max())
+    out = {"wins": wins, "contests": total}
+    for t in nms:
+        for key, probs in (("mAP", probs6), ("mAP_member0", probs1)):
+            per = [postprocess(p, pr, nms_iou=t) for p, pr in zip(props, probs)]
+            out[f"{key}@nms{t:g}"] = evaluate(Detections.from_per_image(per), dev).map
+    return out
 
 
 def main() -> None:
@@ -83,6 +92,8 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=0, help="at most this many training images (0: all)")
     ap.add_argument("--dev-images", type=int, default=0, help="at most this many dev images (0: all)")
     ap.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    ap.add_argument("--nms", type=float, nargs="+", default=[0.3, 0.4, 0.5],
+                    help="per-class NMS thresholds to score (the first is the table's)")
     ap.add_argument("--out", default="checkpoints/ablate_finetune")
     ap.add_argument("--data-root", default=None, help="default: $DET_DATA_ROOT or ../shared/data")
     args = ap.parse_args()
@@ -123,12 +134,10 @@ def main() -> None:
                "epoch_seconds": rec["seconds"] / max(1, len(rec["epochs"])), "cache_seconds": rec["trunk_cache_seconds"],
                "train_seconds": t_train, "final_loss": rec["epochs"][-1]["loss"],
                "roi_accuracy": rec["epochs"][-1]["roi_accuracy"]}
-        for key, members in (("dev_mAP", None), ("dev_mAP_member0", 1)):
-            dets, _ = detect_dataset(Detector(classifier=model, settings=DetectorSettings(members=members)),
-                                     dev_ds, dev_props, progress=False)
-            row[key] = evaluate(dets, dev_ds).map
-        row["wins"], row["contests"] = localisation_wins(dev_ds.records, dev_props, model)
+        row.update(dev_scores(model, dev_ds, dev_props, nms=args.nms))
+        row["dev_mAP"], row["dev_mAP_member0"] = row[f"mAP@nms{args.nms[0]:g}"], row[f"mAP_member0@nms{args.nms[0]:g}"]
         rows.append(row)
+        torch.save({"row": row}, Path(args.out) / f"stages{k}" / "dev.pt")
         print(f"stages {k} ({', '.join(rec['stages']) or 'frozen'}): dev mAP {100 * row['dev_mAP']:.2f}% "
               f"(member 0 {100 * row['dev_mAP_member0']:.2f}%), well- beats poorly-localised "
               f"{row['wins']}/{row['contests']}, {row['epoch_seconds']:.0f} s/epoch", flush=True)
@@ -137,6 +146,9 @@ def main() -> None:
         name = f"{r['trainable_stages']} ({', '.join(r['stages']) or 'frozen'})"
         print(f"{name:<26}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
               f"{r['wins']:>6}/{r['contests']:<5}{r['epoch_seconds']:>9.0f}")
+    print("dev mAP (six members) by per-class NMS threshold: " + "; ".join(
+        f"stages {r['trainable_stages']}: " + ", ".join(f"{t:g} {100 * r[f'mAP@nms{t:g}']:.2f}%" for t in args.nms)
+        for r in rows))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "ablation.json").write_text(json.dumps(rows, indent=2))
 

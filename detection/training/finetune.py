@@ -23,7 +23,6 @@ gradients.  Boxes are ``Tensor[N, 4]`` float xyxy, absolute pixels, no +1.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -242,6 +241,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     n_fg = round(per_image * settings.fg_fraction)
     for epoch in range(run.start_epoch, settings.epochs):
         gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout: a resumed epoch draws what it would have
         order = torch.randperm(len(items), generator=gen).tolist()
         net.train()
         net.stages.eval()  # frozen BatchNorm (and no dropout in the stages): the trunk always runs in eval mode

@@ -64,14 +64,14 @@ class MemberRun:
         self._tot = {"loss": 0.0, "correct": 0, "n": 0}
         self.record["epochs"].append(ep)
         self.record["seconds"] = self._seconds0 + time.perf_counter() - self._t0  # kept by the checkpoint too
-        self.log(f"{self._name} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
-                 f"RoI accuracy {ep['roi_accuracy']:.3f}")
-        if save:
+        if save:  # before the log line: an epoch that was reported is never lost
             self.ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.ckpt.with_suffix(".tmp")
             torch.save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
                         "sched": self.sched.state_dict(), "record": self.record, "epoch": epoch}, tmp)
             tmp.replace(self.ckpt)
+        self.log(f"{self._name} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
+                 f"RoI accuracy {ep['roi_accuracy']:.3f}" + (f" (checkpoint {self.ckpt})" if save else ""))
         return ep
 
     def finish(self) -> dict:

@@ -1,4 +1,6 @@
 """Fine-tuning the trunk's last stages with the heads (detection.training.finetune) on real photos."""
+from pathlib import Path
+
 import pytest
 import skimage.data
 import torch
@@ -152,3 +154,39 @@ def test_heads_standardise_with_flip_symmetric_training_statistics(photos, tmp_p
     torch.testing.assert_close(mean, mean.flip(-1))  # flips are part of training
     torch.testing.assert_close(std, std.flip(-1))
     assert float(std.min()) >= 1e-3 and float(mean.abs().max()) > 0.01 and not torch.allclose(std, torch.ones_like(std))
+
+
+def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
+    """A cache cut before blocks.5 serves a cut before blocks.6: the maps equal those computed from the image."""
+    from detection.training.finetune import cache_trunk_maps
+
+    ds, _ = photos
+    bb = build_backbone("lite0", weights="imagenet")
+    early = RegionEnsemble(cfg=_cfg(2), backbones=[bb]).eval()
+    late = RegionEnsemble(cfg=_cfg(1), backbones=[bb]).eval()
+    root = tmp_path / "c"
+    c2 = TrunkCache(root, ds.name, trunk_settings(early, backbone_weights="imagenet"))
+    cache_trunk_maps(ds, early, c2, positions=[0, 1], progress=False)
+    derived = TrunkCache(root, ds.name, trunk_settings(late, backbone_weights="imagenet"))
+    saved = [r.path.read_bytes() for r in ds.records]
+    for r in ds.records:  # the images are not decoded again: make them undecodable meanwhile (same bytes' hash
+        r.path.rename(r.path.with_suffix(".bak"))  # is what the cache checks, so keep the bytes, break the decode)
+        r.path.write_bytes(b"")
+    import detection.training.finetune as ft
+
+    real_sha = ft.file_sha1
+    ft.file_sha1 = lambda p: real_sha(Path(p).with_suffix(".bak"))
+    try:
+        skipped = cache_trunk_maps(ds, late, derived, positions=[0, 1], progress=False)
+    finally:
+        ft.file_sha1 = real_sha
+        for r in ds.records:
+            r.path.with_suffix(".bak").replace(r.path)
+    assert skipped == []  # nothing had to be decoded
+    direct = TrunkCache(tmp_path / "d", ds.name, trunk_settings(late, backbone_weights="imagenet"))
+    cache_trunk_maps(ds, late, direct, positions=[0, 1], progress=False)
+    for r in ds.records:
+        a, b = derived.load(r.image_id), direct.load(r.image_id)
+        assert a["map"].shape == b["map"].shape and a["scale"] == b["scale"]
+        torch.testing.assert_close(a["map"].float(), b["map"].float(), atol=0.05, rtol=0.02)
+        torch.testing.assert_close(a["map_flip"].float(), b["map_flip"].float(), atol=0.05, rtol=0.02)

@@ -121,7 +121,7 @@ def main() -> None:
 
     rows = []
     base = OmegaConf.to_container(cfg.model)
-    for k in args.stages:
+    for k in sorted(args.stages, reverse=True):  # the earliest cut first: the later cuts' maps derive from it
         rcfg = RegionConfig(**{**base, "members": args.members, "trainable_stages": k})
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights="imagenet")]).eval()
         mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs, "trunk_lr_scale": args.trunk_lr_scale})

@@ -92,6 +92,8 @@ class TrainClassifierConfig:
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
     workers: int = 2
+    # false: train on the images whose proposals are cached already (the others are reported and left out)
+    extract: bool = True
     out_dir: str = "checkpoints/classifier"
     install: bool = False
     # train only these members (e.g. [0, 1]); null: all of model.members

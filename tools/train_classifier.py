@@ -7,7 +7,9 @@
     torchrun --nproc_per_node=2 tools/train_classifier.py workers=1    # DDP over 2 processes (gloo on CPU)
     python tools/train_classifier.py model=paper backbone_weights=imagenet   # six GoogLeNets on warped crops, whole
 
-Kill it and run the same command again: proposals, trunk features and finished epochs are reused.
+    python tools/train_classifier.py model.trainable_stages=1 extract=false   # only the images already cached
+
+Kill it and run the same command again: proposals, trunk maps and finished epochs are reused.
 """
 from __future__ import annotations
 
@@ -48,12 +50,16 @@ def main(cfg: DictConfig) -> None:
 
     # 1. proposals (cached; each rank extracts its shard, then everyone reads the whole cache)
     stage = ProposalStage(psettings, cache_root=cache / "proposals")
-    for method, st in stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world,
-                                    progress=rank == 0).items():
-        log(st.summary(f"{method} on {dataset.name}" + (f" (rank 0 of {world})" if world > 1 else "")))
+    if cfg.extract:
+        for method, st in stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world,
+                                        progress=rank == 0).items():
+            log(st.summary(f"{method} on {dataset.name}" + (f" (rank 0 of {world})" if world > 1 else "")))
     hs.barrier(world)
     loaded = stage.load(dataset, skip_missing=True)
     proposals = [p["boxes"] if p is not None else None for p in loaded]
+    if not cfg.extract:
+        log(f"extract=false: {sum(p is not None for p in proposals)} of {len(dataset)} images have cached "
+            f"proposals; the others are left out")
     t_prop = time.perf_counter() - t0
 
     # 2. the ensemble and its trunk features

@@ -61,17 +61,40 @@ def trunk_settings(model: RegionEnsemble, *, backbone_weights: str | None) -> di
             "max_image_size": cfg.max_image_size, "frozen_layers": [n for n, _ in frozen.named_children()]}
 
 
+def _source_cache(cache: TrunkCache) -> tuple[TrunkCache, int] | None:
+    """A cache of the same dataset and trunk cut earlier (its frozen layers a proper prefix of ours), the latest
+    cut first: maps can be derived from it by running the layers in between (a fraction of the trunk)."""
+    import json
+
+    mine = cache.settings["frozen_layers"]
+    best = None
+    for d in cache.dir.parent.glob("trunk_maps-*"):
+        f = d / "settings.json"
+        if d == cache.dir or not f.exists():
+            continue
+        st = json.loads(f.read_text())["settings"]
+        fl = st.get("frozen_layers", [])
+        if all(st.get(k) == cache.settings[k] for k in cache.settings if k != "frozen_layers") \
+                and len(fl) < len(mine) and mine[:len(fl)] == fl and (best is None or len(fl) > best[1]):
+            best = (TrunkCache(cache.root, cache.dataset, st), len(fl))
+    return best
+
+
 @torch.inference_mode()
 def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: TrunkCache, *,
                      positions: list[int], rank: int = 0, world_size: int = 1, progress: bool = True
                      ) -> list[str]:
     """Compute the frozen part's maps of ``dataset.records[positions]`` (this rank's share, ``rank::world_size``)
-    that are not cached yet.  Returns the messages of images that could not be decoded (reported, skipped)."""
+    that are not cached yet.  Where a cache of an earlier cut of the same trunk has the image, the map is derived
+    from it (the layers in between only).  Returns the messages of images that could not be decoded (reported,
+    skipped)."""
     from detection.data.image_io import ImageDecodeError, read_image_rgb
 
     frozen, _, _ = split_stem(model.backbones[0], model.cfg.trainable_stages)
     frozen.eval()
     cache.prepare()
+    source = _source_cache(cache)
+    bridge = nn.Sequential(*list(frozen.children())[source[1]:]) if source else None
     skipped = []
     mine = positions[rank::world_size]
     for p in tqdm(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
@@ -79,16 +102,21 @@ def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: Tr
         sha = file_sha1(r.path)
         if cache.load(r.image_id, sha) is not None:
             continue
-        try:
-            img = read_image_rgb(r.path)
-        except ImageDecodeError as e:
-            skipped.append(str(e))
-            continue
-        x, scale = model.prepare_image(img)
-        both = frozen(torch.stack([x, x.flip(-1)]))
+        src = source[0].load(r.image_id, sha) if source else None
+        if src is not None:
+            both = bridge(torch.stack([src["map"], src["map_flip"]]).float())
+            meta = {k: src[k] for k in ("scale", "width", "height")}
+        else:
+            try:
+                img = read_image_rgb(r.path)
+            except ImageDecodeError as e:
+                skipped.append(str(e))
+                continue
+            x, scale = model.prepare_image(img)
+            both = frozen(torch.stack([x, x.flip(-1)]))
+            meta = {"scale": float(scale), "width": int(img.shape[1]), "height": int(img.shape[0])}
         cache.save(r.image_id, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
-                                "scale": float(scale), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                                "image_sha1": sha})
+                                **meta, "image_sha1": sha})
     return skipped
 
 

@@ -61,6 +61,18 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert [j["ensemble_members"] for j in jobs] == [1, 2] and all(0 <= j["mAP"] <= 1 for j in jobs)
     dets = json.loads((tmp_path / "sweep" / "1" / "detections.json").read_text())
     assert dets and {"image_id", "category_id", "bbox", "score"} <= set(dets[0])
+    m = json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())
+    assert set(m["errors"]["overall"]) >= {"tp", "duplicate", "mislocalised", "confusion", "background", "found"}
+    assert (tmp_path / "sweep" / "1" / "errors.png").stat().st_size > 10_000
+
+    # compare_detectors: one trunk pass per image gives the same figures as the separate eval_map runs
+    r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "1",
+            "2", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}", "--out", str(tmp_path / "cmp"),
+            *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmp = {row["variant"]: row["mAP"] for row in json.loads((tmp_path / "cmp" / "summary.json").read_text())}
+    assert cmp["tiny-rcnn-m1"] == pytest.approx(jobs[0]["mAP"], abs=1e-9)
+    assert cmp["tiny-rcnn-m2"] == pytest.approx(jobs[1]["mAP"], abs=1e-9)
 
     # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)
     photo = tmp_path / "chelsea.png"

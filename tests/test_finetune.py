@@ -168,9 +168,8 @@ def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
     c2 = TrunkCache(root, ds.name, trunk_settings(early, backbone_weights="imagenet"))
     cache_trunk_maps(ds, early, c2, positions=[0, 1], progress=False)
     derived = TrunkCache(root, ds.name, trunk_settings(late, backbone_weights="imagenet"))
-    saved = [r.path.read_bytes() for r in ds.records]
-    for r in ds.records:  # the images are not decoded again: make them undecodable meanwhile (same bytes' hash
-        r.path.rename(r.path.with_suffix(".bak"))  # is what the cache checks, so keep the bytes, break the decode)
+    for r in ds.records:  # the images are not decoded again: make them undecodable meanwhile (the cache checks
+        r.path.rename(r.path.with_suffix(".bak"))  # the hash of the original bytes)
         r.path.write_bytes(b"")
     import detection.training.finetune as ft
 

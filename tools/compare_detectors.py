@@ -54,13 +54,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override of the eval_map config for every set, e.g. dataset.root=... (repeatable)")
     args = ap.parse_args()
     models = dict(m.split("=", 1) for m in (args.model or ["default=default"]))
 
     sets, dataset = {}, None
     for name in args.proposals:
-        over = [f"dataset={args.split}", *PROPOSAL_SETS[name]] + ([f"data_root={args.data_root}"] if args.data_root
-                                                                  else [])
+        over = [f"dataset={args.split}", *PROPOSAL_SETS[name], *args.override] + (
+            [f"data_root={args.data_root}"] if args.data_root else [])
         with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
             cfg = compose("eval_map", overrides=over)
         hs.resolve_data_root(cfg)

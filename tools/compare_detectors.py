@@ -94,7 +94,10 @@ def main() -> None:
                         per[key].append((torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)))
                     continue
                 boxes = [sets[p][j] for p in sets]
-                logits = model.member_logits(img, torch.cat(boxes)).float()
+                # the sets share most boxes (paper = MultiBox's 200 + selective search): classify each box once
+                allb = torch.cat(boxes)
+                uniq, inv = torch.unique(allb, dim=0, return_inverse=True)
+                logits = model.member_logits(img, uniq).float()[:, inv]
                 s = 0
                 for p, b in zip(sets, boxes):
                     part = logits[:, s:s + len(b)]

@@ -231,8 +231,11 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         items.append({"image_id": r.image_id, "boxes": boxes, "labels": labels, "max_iou": max_iou,
                       "rois": model.rois(boxes, scale=e["scale"]).cpu(),
                       "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
-    for s in skipped:
+    for s in skipped[:5]:
         log(f"fine-tuning: skipped {s}")
+    if len(skipped) > 5:
+        log(f"fine-tuning: ... {len(skipped) - 5} more images skipped ({sum('no proposals' in s for s in skipped)} "
+            f"of all {len(skipped)} for want of proposals)")
     if not items:
         raise RuntimeError(f"{dataset.name}: no training image with positives")
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)

@@ -189,3 +189,18 @@ def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
         assert a["map"].shape == b["map"].shape and a["scale"] == b["scale"]
         torch.testing.assert_close(a["map"].float(), b["map"].float(), atol=0.05, rtol=0.02)
         torch.testing.assert_close(a["map_flip"].float(), b["map_flip"].float(), atol=0.05, rtol=0.02)
+
+
+def test_warm_start_takes_the_given_heads_and_their_statistics(photos, tmp_path):
+    ds, props = photos
+    src = RegionEnsemble(cfg=_cfg(0), backbones=[build_backbone("lite0", weights=None)])
+    for h in src.heads:
+        h.set_feature_stats(torch.full((5120,), 0.5), torch.full((5120,), 2.0))
+    model = RegionEnsemble(cfg=_cfg(2), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    msgs = []
+    train_finetuned(model, ds, props, settings=MemberSettings(epochs=1, rois_per_batch=32, lr=0.0),
+                    cache_root=tmp_path / "c", out_dir=tmp_path / "o", progress=False, log=msgs.append,
+                    init_heads=src.heads)
+    assert any("warm start" in m for m in msgs)
+    for a, b in zip(src.heads.state_dict().values(), model.heads.state_dict().values()):
+        torch.testing.assert_close(a, b)  # lr 0: the heads are exactly the ones given, statistics included

@@ -94,6 +94,8 @@ class TrainClassifierConfig:
     workers: int = 2
     # false: train on the images whose proposals are cached already (the others are reported and left out)
     extract: bool = True
+    # roi mode: start the heads from a trained ensemble's ('default': the embedded model); null: fresh heads
+    init_heads: Optional[str] = None
     out_dir: str = "checkpoints/classifier"
     install: bool = False
     # train only these members (e.g. [0, 1]); null: all of model.members

@@ -78,9 +78,20 @@ def main(cfg: DictConfig) -> None:
             log("note: roi-mode members train together (they share the fine-tuned stages): only_members is ignored")
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights=cfg.backbone_weights)]
                                ).eval()
+        init = None
+        if cfg.init_heads:  # warm start from a trained ensemble's heads ('default': the embedded model)
+            from detection.models.region import load_ensemble
+
+            src = load_ensemble(None if cfg.init_heads == "default" else cfg.init_heads)
+            if (src.cfg.members, src.cfg.roi_size, src.cfg.roi_layer, src.cfg.hidden) != (
+                    rcfg.members, rcfg.roi_size, rcfg.roi_layer, rcfg.hidden):
+                sys.exit(f"error: init_heads={cfg.init_heads}: its heads do not fit model (members, roi_size, "
+                         f"roi_layer, hidden differ)")
+            init = src.heads
         record = train_finetuned(model, dataset, proposals, settings=mset, cache_root=cache,
                                  out_dir=cfg.out_dir, backbone_weights=cfg.backbone_weights, rank=rank,
-                                 world_size=world, progress=rank == 0, log=log)
+                                 world_size=world, progress=rank == 0, log=log, init_heads=init)
+        record["init_heads"] = cfg.init_heads
         model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,

@@ -194,12 +194,13 @@ def _feature_stats(net: FineTuneNet, cache: TrunkCache, items: list[dict], *, ro
 def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None], *,
                     settings: MemberSettings, cache_root: str | Path, out_dir: str | Path,
                     backbone_weights: str | None = "imagenet", rank: int = 0, world_size: int = 1,
-                    progress: bool = True, log=print) -> dict:
+                    progress: bool = True, log=print, init_heads: nn.ModuleList | None = None) -> dict:
     """Train ``model`` (roi mode, shared trunk): its last ``cfg.trainable_stages`` stages and every member's head.
 
     ``proposals[i]``: the proposals of ``dataset.records[i]`` (``None``: none, reported and skipped).  The frozen
     part's maps are cached under ``cache_root/trunk_maps`` (:class:`TrunkCache`), the per-epoch checkpoint is
-    ``out_dir/finetune.ckpt``.  On return the
+    ``out_dir/finetune.ckpt``.  ``init_heads``: start the members' heads from these (e.g. a trained ensemble's
+    ``heads``, same architecture) instead of a fresh initialisation.  On return the
     model holds the trained weights (in eval mode).  Returns the training record.
     """
     import time
@@ -247,12 +248,17 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     steps = math.ceil(len(items) / n_img)
     net = FineTuneNet(model)
     gen0 = torch.Generator().manual_seed(settings.seed)
+    if init_heads is not None:  # warm start: another ensemble's heads (and their input statistics)
+        net.heads.load_state_dict(init_heads.state_dict())
+        log("fine-tuning: heads initialised from a trained ensemble (warm start)")
     for m, head in enumerate(net.heads):
+        if init_heads is not None:
+            break
         torch.manual_seed(settings.seed * 7919 + m)  # each member's own initialisation
         for mod in head.modules():
             if isinstance(mod, nn.Linear):
                 mod.reset_parameters()
-    if cfg.standardize:
+    if cfg.standardize and init_heads is None:
         mean, std = _feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0)
         for head in net.heads:
             head.set_feature_stats(mean, std)

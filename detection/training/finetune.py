@@ -218,11 +218,12 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         dist.barrier()
     t_cache = time.perf_counter() - t0
     items, no_pos = [], 0
+    reported = {s.split(": ", 1)[0] for s in skipped}  # every message starts "<path>: "
     for i in positions:
         r = dataset.records[i]
         e = cache.load(r.image_id)
         if e is None:
-            if not any(s.startswith(str(r.path)) for s in skipped):
+            if str(r.path) not in reported:
                 skipped.append(f"{r.path}: no trunk map")
             continue
         boxes, labels, max_iou = label_proposals(proposals[i], r.boxes, r.labels, fg_iou=settings.fg_iou)
@@ -251,13 +252,12 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     if init_heads is not None:  # warm start: another ensemble's heads (and their input statistics)
         net.heads.load_state_dict(init_heads.state_dict())
         log("fine-tuning: heads initialised from a trained ensemble (warm start)")
-    for m, head in enumerate(net.heads):
-        if init_heads is not None:
-            break
-        torch.manual_seed(settings.seed * 7919 + m)  # each member's own initialisation
-        for mod in head.modules():
-            if isinstance(mod, nn.Linear):
-                mod.reset_parameters()
+    else:
+        for m, head in enumerate(net.heads):
+            torch.manual_seed(settings.seed * 7919 + m)  # each member's own initialisation
+            for mod in head.modules():
+                if isinstance(mod, nn.Linear):
+                    mod.reset_parameters()
     if cfg.standardize and init_heads is None:
         mean, std = _feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0)
         for head in net.heads:

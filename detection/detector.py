@@ -106,7 +106,7 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bo
     Returns ``(Detections, stats)``; images that cannot be read or have no proposals are skipped, counted in
     ``stats["skipped"]`` (a list of messages) and reported through ``log``.  ``stats`` also sums the seconds per stage.
     """
-    from tqdm import tqdm
+    from detection.progress import progress as progress_bar
 
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.evaluation.detections import Detections
@@ -114,7 +114,7 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bo
     per_image, positions, skipped = [], [], []
     seconds = {"read": 0.0, "classify": 0.0, "nms": 0.0}
     n_props = 0
-    for i, (r, props) in enumerate(tqdm(list(zip(dataset.records, proposals)), desc=f"detect {dataset.name}",
+    for i, (r, props) in enumerate(progress_bar(list(zip(dataset.records, proposals)), desc=f"detect {dataset.name}",
                                         unit="img", disable=not progress)):
         if props is None:
             skipped.append(f"{r.path}: no proposals")

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
@@ -72,8 +72,12 @@ class ExtractStats:
         self.wall = max(self.wall, other.wall)
 
     def summary(self, name: str) -> str:
-        s = (f"{name}: {self.computed} images computed ({self.seconds_per_image:.2f} s/image of compute, "
-             f"{self.wall:.0f} s wall), {self.cached} already cached, {len(self.skipped)} skipped")
+        if self.computed == 0:
+            s = (f"{name}: all {self.cached} images already cached" if not self.skipped
+                 else f"{name}: nothing computed, {self.cached} images already cached, {len(self.skipped)} skipped")
+        else:
+            s = (f"{name}: {self.computed} images computed ({self.seconds_per_image:.2f} s/image of compute, "
+                 f"{self.wall:.0f} s wall), {self.cached} already cached, {len(self.skipped)} skipped")
         return s + "".join(f"\n  skipped: {m}" for m in self.skipped)
 
 
@@ -139,7 +143,7 @@ def extract_split(dataset: DetectionDataset, source: ProposalSource, *, cache_ro
             todo.append((r.image_id, str(r.path), sha1))
     bar = {} if progress else {"disable": True}
     desc = f"{source.method} {dataset.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
-    with tqdm(total=len(todo), desc=desc, unit="img", **bar) as pbar:
+    with progress_bar(total=len(todo), desc=desc, unit="img", **bar) as pbar:
         if workers <= 1 or len(todo) <= 1:
             _init_worker(source, cache, max(1, torch.get_num_threads()))
             results = map(_compute_one, todo)

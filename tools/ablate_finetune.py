@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hydra_support as hs  # noqa: E402
@@ -63,7 +63,7 @@ def dev_scores(model: RegionEnsemble, dev: DetectionDataset, props: list, *, nms
     probs6, probs1 = [], []
     wins = total = 0
     with torch.inference_mode():
-        for r, p in tqdm(list(zip(dev.records, props)), desc="dev", unit="img"):
+        for r, p in progress_bar(list(zip(dev.records, props)), desc="dev", unit="img"):
             logits = model.member_logits(read_image_rgb(r.path), p).float()
             probs6.append(logits.softmax(-1).mean(0))
             probs1.append(logits[0].softmax(-1))

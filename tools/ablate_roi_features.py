@@ -23,7 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.ops import box_iou, roi_align
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hydra_support as hs  # noqa: E402
@@ -98,7 +98,7 @@ def main() -> None:
     labels, skipped = [], []
     with torch.inference_mode():
         boxes_of = [p["boxes"] if p is not None else None for p in train_props]
-        for i, _r, img, boxes, lab, max_iou in tqdm(labelled_images(train.records, boxes_of, skipped=skipped),
+        for i, _r, img, boxes, lab, max_iou in progress_bar(labelled_images(train.records, boxes_of, skipped=skipped),
                                                     total=len(train.records), desc="train features", unit="img"):
             keep = pool_indices(lab, max_iou, fg=32, bg=96, gen=torch.Generator().manual_seed(i))
             for k, v in features(img, boxes[keep]).items():
@@ -122,7 +122,7 @@ def main() -> None:
         steps = math.ceil(len(fg) / 32)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps * args.epochs)
         t = time.perf_counter()
-        for _ in tqdm(range(args.epochs), desc=f"head {name}", unit="epoch"):
+        for _ in progress_bar(range(args.epochs), desc=f"head {name}", unit="epoch"):
             perm = fg[torch.randperm(len(fg))]
             for s in range(steps):
                 b = torch.cat([perm[s * 32:(s + 1) * 32], bg[torch.randint(len(bg), (96,))]])
@@ -137,7 +137,7 @@ def main() -> None:
     val, val_props = load_split("val", args.val_images, train=False, data_root=args.data_root)
     probs: dict = {name: [] for name in VARIANTS}
     with torch.inference_mode():
-        for r, p in tqdm(list(zip(val.records, val_props)), desc="val", unit="img"):
+        for r, p in progress_bar(list(zip(val.records, val_props)), desc="val", unit="img"):
             f = features(read_image_rgb(r.path), p["boxes"])
             for name, (head, keys, mean, std) in heads.items():
                 probs[name].append(head((torch.cat([f[k] for k in keys], 1) - mean) / std).softmax(-1))

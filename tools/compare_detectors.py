@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hydra_support as hs  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
         per = {(p, m): [] for p in sets for m in args.members}
         t0, skipped = time.perf_counter(), []
         with torch.inference_mode():
-            for j, r in enumerate(tqdm(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
+            for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
                 try:
                     img = read_image_rgb(r.path)
                 except ImageDecodeError as e:

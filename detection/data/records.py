@@ -187,12 +187,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def verify_images(self, *, progress: bool = True) -> "DetectionDataset":
         """Decode every image once; a truncated or corrupt file (which a header-only scan cannot see) is removed and
         counted as ``unreadable_image`` in the report.  Returns the dataset of the images that decode."""
-        from tqdm import tqdm
+        from detection.progress import progress as progress_bar
 
         from detection.data.image_io import ImageDecodeError
 
         keep, indices, bar = [], [], {} if progress else {"disable": True}
-        for pos, r in enumerate(tqdm(self.records, desc=f"verify {self.name}", unit="img", leave=False, **bar)):
+        for pos, r in enumerate(progress_bar(self.records, desc=f"verify {self.name}", unit="img", leave=False, **bar)):
             try:
                 read_image_rgb(r.path)
             except ImageDecodeError as e:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_size
 from detection.data.records import ImageRecord, ScanReport, SkipImage, sanitize_boxes
@@ -75,7 +75,7 @@ def scan(items: Iterable[T], parse: Callable[[T, ScanReport], ImageRecord | None
     """
     records = []
     bar = {} if progress else {"disable": True}  # without an explicit value, TQDM_DISABLE=1 still turns it off
-    for item in tqdm(items, total=total, desc=f"scan {name}", unit="img", leave=False, **bar):
+    for item in progress_bar(items, total=total, desc=f"scan {name}", unit="img", leave=False, **bar):
         try:
             rec = parse(item, report)
         except SkipImage as e:

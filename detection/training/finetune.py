@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 from detection.data.records import DetectionDataset
 from detection.models.region import RegionEnsemble, roi_pool, split_stem
@@ -97,7 +97,7 @@ def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: Tr
     bridge = nn.Sequential(*list(frozen.children())[source[1]:]) if source else None
     skipped = []
     mine = positions[rank::world_size]
-    for p in tqdm(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
+    for p in progress_bar(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
         r = dataset.records[p]
         sha = file_sha1(r.path)
         if cache.load(r.image_id, sha) is not None:
@@ -282,7 +282,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         order = torch.randperm(len(items), generator=gen).tolist()
         net.train()
         net.stages.eval()  # frozen BatchNorm (and no dropout in the stages): the trunk always runs in eval mode
-        for s in tqdm(range(steps), desc=f"fine-tune epoch {epoch + 1}/{settings.epochs}", unit="step",
+        for s in progress_bar(range(steps), desc=f"fine-tune epoch {epoch + 1}/{settings.epochs}", unit="step",
                       leave=False, disable=not progress or rank != 0):
             batch = [order[(s * n_img + j) % len(order)] for j in range(n_img)]
             flips = (torch.rand(n_img, generator=gen) < 0.5) & settings.flip

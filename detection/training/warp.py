@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 from detection.crops import warp_crops
 from detection.data.records import DetectionDataset
@@ -96,7 +96,7 @@ def train_warp_members(cfg: RegionConfig, settings: MemberSettings, dataset: Det
             if len(perm) % per_step:  # equal shares for every rank in every step
                 perm += (perm * per_step)[:per_step - len(perm) % per_step]
             member.train()
-            for s in tqdm(range(0, len(perm), per_step), desc=f"member {m} epoch {epoch + 1}/{settings.epochs}",
+            for s in progress_bar(range(0, len(perm), per_step), desc=f"member {m} epoch {epoch + 1}/{settings.epochs}",
                           unit="step", leave=False, disable=not progress or rank != 0):
                 crops, targets = [], []
                 for i in perm[s:s + per_step][rank::world_size]:

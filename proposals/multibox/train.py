@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
+from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
@@ -80,7 +80,7 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
     chunks = []
     n_chunks = math.ceil(len(dataset) / CHUNK)
     bar = {} if progress else {"disable": True}
-    for ci in tqdm(range(n_chunks), desc=f"features {dataset.name}", unit="chunk", **bar):
+    for ci in progress_bar(range(n_chunks), desc=f"features {dataset.name}", unit="chunk", **bar):
         path = out_dir / f"chunk{ci:05d}.pt"
         if path.exists():
             chunks.append(torch.load(path, weights_only=True))
@@ -186,7 +186,7 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         perm = torch.randperm(len(train.ids), generator=gen)
         tot = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
         bar = {} if progress else {"disable": True}
-        for s in tqdm(range(0, len(perm), settings.batch_size), desc=f"epoch {epoch + 1}/{settings.epochs}",
+        for s in progress_bar(range(0, len(perm), settings.batch_size), desc=f"epoch {epoch + 1}/{settings.epochs}",
                       unit="batch", leave=False, **bar):
             sel = perm[s:s + settings.batch_size]
             x, mid = train.maps(sel)

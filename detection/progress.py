@@ -120,7 +120,7 @@ class LineProgress:
         if self._closed:
             return
         self._closed = True
-        if not self.disable and self.leave:
+        if not self.disable and self.leave and self.total != 0:  # nothing to do: nothing to say
             self._emit(time.perf_counter(), final=True)
 
     def line(self, now: float | None = None, final: bool = False) -> str:

@@ -36,7 +36,7 @@ PROPOSAL_SETS = {"paper": ["proposals=paper"], "rcnn": ["proposals=rcnn"],
 
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
-    from detection.data.records import DetectionDataset
+    from detection.sharded import restrict_to_scored
     from detection.detector import postprocess
     from detection.evaluation import Detections, evaluate, save_metrics, write_coco_results
     from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
@@ -75,7 +75,7 @@ def main() -> None:
     keep = [i for i in range(len(dataset)) if all(s[i] is not None for s in sets.values())]
     if len(keep) < len(dataset):
         print(f"{len(dataset) - len(keep)} images lack cached proposals of some set: left out of every set")
-    ds = DetectionDataset(dataset.name, [dataset.records[i] for i in keep], dataset.report)
+    _, ds = restrict_to_scored(Detections.empty(), dataset, keep)  # (keeps the blacklist and image numbers)
     sets = {k: [v[i] for i in keep] for k, v in sets.items()}
     out = Path(args.out)
     rows = []
@@ -83,16 +83,15 @@ def main() -> None:
         model = load_ensemble(None if mpath == "default" else mpath)
         M = model.cfg.members
         per = {(p, m): [] for p in sets for m in args.members}
-        t0, skipped = time.perf_counter(), []
+        t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():
             for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
                 try:
                     img = read_image_rgb(r.path)
                 except ImageDecodeError as e:
-                    skipped.append(str(e))
-                    for key in per:
-                        per[key].append((torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)))
+                    skipped.append(str(e))  # left out of the evaluation, as eval_map.py does
                     continue
+                scored.append(j)
                 boxes = [sets[p][j] for p in sets]
                 # the sets share most boxes (paper = MultiBox's 200 + selective search): classify each box once
                 allb = torch.cat(boxes)
@@ -109,21 +108,21 @@ def main() -> None:
         for s in skipped:
             print(f"skipped {s}")
         for (p, m), dets in per.items():
-            d = Detections.from_per_image(dets)
-            metrics = evaluate(d, ds)
-            errors = analyze_errors(d, ds)
+            d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
+            metrics = evaluate(d, ds_eval)
+            errors = analyze_errors(d, ds_eval)
             name = f"{mname}-{p}-m{m}"
             (out / name).mkdir(parents=True, exist_ok=True)
-            write_coco_results(d, ds, out / name / "detections.json")
+            write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
                          extra={"model": mpath, "proposals": p, "members": m, "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")
             o = errors.overall
-            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds), **{k: o[k] for k in o},
+            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), **{k: o[k] for k in o},
                          "seconds_per_image_all_sets": secs})
-            print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds)} images")
+            print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds_eval)} images")
             print(format_errors(errors, space=det200(), max_classes=25))
     print(f"\n{'variant':<28}{'mAP':>8}{'TP':>7}{'dup':>7}{'misloc':>8}{'confus':>8}{'backgr':>8}{'found':>8}")
     for r in rows:

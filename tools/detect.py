@@ -2,27 +2,33 @@
 """Detect objects in photos with the embedded default detector (offline) or a trained one.
 
     python tools/detect.py photo.jpg [more.jpg ...] [--out detections/] [--show 0.3]
+    python tools/detect.py photos/ 'more/*.jpg' --no-draw          # folders and glob patterns, progress over all
     python tools/detect.py photo.jpg --proposals rcnn --members 1 --model checkpoints/classifier/train/region.pt
+    torchrun --nproc_per_node=2 tools/detect.py photos/             # each rank takes its share of the images
 
-For each image writes ``<out>/<name>.det.png`` (boxes, class names and scores drawn) and ``<out>/<name>.det.json``
-(every detection scoring at least --min-score), and prints a short table and where the time went.  An image that is
-missing or cannot be decoded is reported by name and skipped; the exit status is then 1.
+For each image writes ``<out>/<name>.det.png`` (boxes, class names and scores drawn; ``--no-draw`` skips it) and
+``<out>/<name>.det.json`` (every detection scoring at least --min-score), and for the whole run
+``<out>/detections.json`` (COCO results: ``image_id`` as listed in ``<out>/images.json``, ``category_id`` = DET id
+1..200, ``bbox`` x, y, w, h) with ``<out>/images.json`` (COCO images + categories, so ``pycocotools``' ``COCO(...)
+.loadRes(...)`` reads them).  For a few images it prints a table each and where the time went; for many, progress and
+a summary.  An image that is missing or cannot be decoded is reported by name and skipped; the exit status is then 1.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", help="image files, folders (their images, sorted) or glob patterns")
+    p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folders too")
     p.add_argument("--out", default="detections", help="output folder (default: ./detections)")
     p.add_argument("--model", default=None, help="region-classifier file (default: the embedded model)")
     p.add_argument("--proposals", default="paper",
@@ -30,22 +36,61 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=None, help="use the first N ensemble members (default: all)")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
+    p.add_argument("--print-max", type=int, default=10,
+                   help="print a table per image when there are at most this many images (default 10)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun, cuda = each rank's GPU)")
     return p.parse_args(argv)
 
 
-def load_proposal_settings(name: str):
-    from omegaconf import OmegaConf
+def expand_inputs(items: list[str], *, recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, folders and glob patterns -> image paths in the order given (each folder's images sorted), without
+    repeats; and the problems (a pattern matching nothing, an empty folder).  A path that does not exist is kept, so
+    that it is reported by name like an unreadable image."""
+    out, problems, seen = [], [], set()
 
-    path = Path(hs.CONFIG_DIR) / "proposals" / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        sys.exit(f"error: unknown proposal preset {name!r}; choose one of {', '.join(choices)}")
-    node = OmegaConf.load(path)
-    for parent in node.pop("defaults", []):  # a preset may build on another (paper builds on rcnn)
-        if isinstance(parent, str) and parent != "_self_":
-            node = OmegaConf.merge(OmegaConf.load(path.parent / f"{parent}.yaml"), node)
-    return hs.proposal_settings(node)
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: no images (by extension: {', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            for f in found:
+                add(f)
+        elif not p.exists() and glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                problems.append(f"{item}: the pattern matches no file")
+            for f in files:
+                add(f)
+        else:
+            add(p)
+    return out, problems
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """One output name per image: its stem, made unique with the parent folder's name (then a number) on clashes."""
+    stems = [p.stem for p in paths]
+    names = []
+    for p in paths:
+        n = p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}_{p.stem}"
+        names.append(n)
+    seen: dict = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            seen[n] += 1
+            names[i] = f"{n}-{seen[n]}"
+        else:
+            seen[n] = 0
+    return names
 
 
 def draw(image_rgb, result, path: Path, *, show: float) -> None:
@@ -80,64 +125,105 @@ def draw(image_rgb, result, path: Path, *, show: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    import torch
-
-    from detection.data.image_io import ImageDecodeError, read_image_rgb
-    from detection.detector import Detector, DetectorSettings
+    from detection.api import as_rgb_array, load_detector
+    from detection.data.image_io import ImageDecodeError
+    from detection.distributed import finish, gather_objects, init_distributed
     from detection.labels import det200
-    from detection.models.region import load_ensemble
-    from proposals.pipeline import ProposalStage
+    from detection.progress import progress as progress_bar
 
-    settings = load_proposal_settings(args.proposals)
-    t0 = time.perf_counter()
+    paths, problems = expand_inputs(args.images, recursive=args.recursive)
     try:
-        model = load_ensemble(args.model, device=args.device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        rank, world = init_distributed(args.device)
+    except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stage = ProposalStage(settings, cache_root=Path(hs.PROJECT_ROOT) / ".cache" / "proposals")
-    det = Detector(classifier=model, proposals=stage,
-                   settings=DetectorSettings(score_threshold=args.min_score, members=args.members))
-    print(f"model loaded in {time.perf_counter() - t0:.1f} s: {model.cfg.members} x {model.cfg.backbone} "
-          f"({model.cfg.mode} mode), proposals '{args.proposals}'")
-    names = det200()
+    say = print if rank == 0 else (lambda *_a, **_k: None)
+    for msg in problems:
+        if rank == 0:
+            print(f"error: {msg}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        from detection.distributed import rank_device
+
+        det = load_detector(args.model, proposals=args.proposals, device=str(rank_device(args.device)),
+                            members=args.members, score_threshold=args.min_score)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        finish(world)
+        return 2
+    c = det.classifier.cfg
+    say(f"model loaded in {time.perf_counter() - t0:.1f} s: {c.members} x {c.backbone} ({c.mode} mode), proposals "
+        f"'{args.proposals}'; {len(paths)} image{'s' if len(paths) != 1 else ''}"
+        + (f" over {world} ranks" if world > 1 else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in map(Path, args.images):
+    names = output_names(paths)
+    verbose = len(paths) <= args.print_max
+    mine = list(range(rank, len(paths), world))
+    done, failed = {}, []
+    t_run = time.perf_counter()
+    for i in progress_bar(mine, desc="detect" + (f" [rank {rank}/{world}]" if world > 1 else ""), unit="img",
+                          disable=verbose or rank != 0):
+        path = paths[i]
         try:
-            if not path.is_file():
-                raise ImageDecodeError(path, "no such file")
-            img = read_image_rgb(path)
-        except ImageDecodeError as e:
+            rgb = as_rgb_array(path)
+            res = det.detect(rgb)
+            res.image = str(path)
+        except (ImageDecodeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
-            failed += 1
+            failed.append(str(e))
             continue
-        with torch.inference_mode():
-            # a first call on a fresh model pays one-off set-up costs: time the image, not the warm-up
-            t = time.perf_counter()
-            res = det.detect(img)
-            total = time.perf_counter() - t
-        json_path, png_path = out / f"{path.stem}.det.json", out / f"{path.stem}.det.png"
-        dets = [{"label": int(lab), "wnid": names.wnid(int(lab)), "name": names.name(int(lab)), "score": float(s),
-                 "box_xyxy": [round(v, 2) for v in b.tolist()]}
-                for b, s, lab in zip(res.boxes, res.scores, res.labels)]
-        json_path.write_text(json.dumps({
-            "image": str(path), "width": img.shape[1], "height": img.shape[0], "proposals": res.num_proposals,
-            "seconds": {**res.seconds, "total": total}, "detections": dets}, indent=1))
-        draw(img, res, png_path, show=args.show)
-        shown = [d for d in dets if d["score"] >= args.show]
-        print(f"\n{path} ({img.shape[1]}x{img.shape[0]}): {len(shown)} detections >= {args.show} "
-              f"({len(dets)} >= {args.min_score}), {res.num_proposals} proposals")
-        print(f"  {'class':<22} {'score':>6}  box (x1, y1, x2, y2)")
-        for d in shown[:15]:
-            b = ", ".join(f"{v:.0f}" for v in d["box_xyxy"])
-            print(f"  {d['name'][:22]:<22} {d['score']:>6.3f}  ({b})")
-        if len(shown) > 15:
-            print(f"  ... {len(shown) - 15} more in {json_path}")
-        parts = ", ".join(f"{k} {v:.2f} s" for k, v in res.seconds.items())
-        print(f"  time: {total:.2f} s ({parts})  ->  {png_path}")
+        json_path, png_path = out / f"{names[i]}.det.json", out / f"{names[i]}.det.png"
+        record = res.to_dict()
+        json_path.write_text(json.dumps(record, indent=1))
+        if not args.no_draw:
+            draw(rgb, res, png_path, show=args.show)
+        done[i] = {"file": str(path), "width": res.width, "height": res.height, "detections": record["detections"],
+                   "seconds": res.seconds}
+        if verbose:
+            shown = res.above(args.show)
+            print(f"\n{path} ({res.width}x{res.height}): {len(shown)} detections >= {args.show} "
+                  f"({len(res)} >= {args.min_score}), {res.num_proposals} proposals")
+            print(f"  {'class':<22} {'score':>6}  box (x1, y1, x2, y2)")
+            for d in shown[:15]:
+                b = ", ".join(f"{v:.0f}" for v in d["box_xyxy"])
+                print(f"  {d['name'][:22]:<22} {d['score']:>6.3f}  ({b})")
+            if len(shown) > 15:
+                print(f"  ... {len(shown) - 15} more in {json_path}")
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in res.seconds.items() if k != "total")
+            print(f"  time: {res.seconds['total']:.2f} s ({parts})  ->  "
+                  f"{json_path if args.no_draw else png_path}")
+    wall = time.perf_counter() - t_run
+    gathered = gather_objects((done, failed), world)
+    finish(world)
+    if rank != 0:
+        return 1 if failed else 0
+    done = {i: d for g in gathered for i, d in g[0].items()}
+    failed = [f for g in gathered for f in g[1]] + problems
+    write_run_files(out, [done[i] for i in sorted(done)], [i + 1 for i in sorted(done)], det200())
+    n = len(done)
+    n_det = sum(sum(d["score"] >= args.show for d in r["detections"]) for r in done.values())
+    secs = sorted(r["seconds"]["total"] for r in done.values())
+    med = secs[len(secs) // 2] if secs else float("nan")
+    say(f"\n{n} of {len(paths)} images done in {wall:.1f} s"
+        + (f" on {world} ranks" if world > 1 else "") + f" (median {med:.2f} s/image), {n_det} detections >= "
+        f"{args.show}; {len(failed)} failed" + f"  ->  {out / 'detections.json'}")
     return 1 if failed else 0
+
+
+def write_run_files(out: Path, results: list[dict], image_ids: list[int], classes) -> None:
+    """``detections.json`` (COCO results of the run) and ``images.json`` (its COCO images and categories)."""
+    from detection.evaluation.io import atomic_write_text
+
+    images = [{"id": iid, "file_name": r["file"], "width": r["width"], "height": r["height"]}
+              for iid, r in zip(image_ids, results)]
+    cats = [{"id": k, "name": classes.name(k), "wnid": classes.wnid(k)} for k in range(1, len(classes))]
+    dets = [{"image_id": iid, "category_id": d["label"], "score": round(d["score"], 6),
+             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]}
+            for iid, r in zip(image_ids, results) for d in r["detections"]
+            for x1, y1, x2, y2 in [d["box_xyxy"]]]
+    atomic_write_text(out / "images.json", json.dumps({"images": images, "categories": cats}))
+    atomic_write_text(out / "detections.json", json.dumps(dets))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 results file.
 
     python tools/eval_map.py --split val                               # the embedded default detector
+    torchrun --nproc_per_node=2 tools/eval_map.py --split val          # each rank detects its shards; rank 0 scores
     python tools/eval_map.py -m --split val proposals=rcnn,paper ensemble.size=1,6
     python tools/eval_map.py --split val detections=results.json
     python tools/eval_map.py split=val_small detections=dets.txt eval.protocol=voc
@@ -12,7 +13,8 @@ results file.
 Prints the per-class table and mAP, and the error breakdown (top false positives by type, misses by size:
 ``detection.evaluation.errors``; ``eval.errors=false`` skips it); writes metrics.json, pr_curves.png, errors.png (and, when it ran the detector,
 detections.json in COCO results format) to the Hydra run folder.  Proposals come from the cache, extracted first
-where missing.
+where missing.  The detector runs in shards of ``shard_size`` images, each saved under ``.cache/detections/`` as it
+finishes: a killed run, started again with the same settings, resumes where it stopped (``resume=false`` recomputes).
 """
 from __future__ import annotations
 
@@ -30,25 +32,47 @@ hs.register_schemas()
 
 
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="eval_map", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    from detection.distributed import finish
+
+    rank, world = hs.distributed_context(cfg.ensemble.device) if cfg.detections is None else (0, 1)
+    try:
+        return evaluate_split(cfg, rank, world)
+    finally:
+        finish(world)
+
+
+def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
     from detection.evaluation import evaluate, format_table, plot_pr, read_detections, save_metrics
 
+    log = print if rank == 0 else (lambda *_a, **_k: None)
     root = hs.resolve_data_root(cfg)
     if "${data_root}" in str(cfg.dataset) and not root.is_dir():
         sys.exit(f"error: data root {root} not found: set DET_DATA_ROOT or data_root=PATH")
     dataset = instantiate(cfg.dataset, _convert_="all")
-    print(dataset.summary())
+    if cfg.limit is not None:
+        from detection.data.records import DetectionDataset
+
+        if cfg.limit < 1:
+            sys.exit(f"error: limit={cfg.limit}: give a positive number of images (or null for all)")
+        keep = list(range(min(cfg.limit, len(dataset))))
+        dataset = DetectionDataset(dataset.name, [dataset.records[i] for i in keep], dataset.report,
+                                   blacklist=[(i, c) for i, c in dataset.blacklist if i < len(keep)],
+                                   image_indices=dataset.image_indices[:len(keep)])
+    log(dataset.summary() + (f"\nlimit={cfg.limit}: the first {len(dataset)} images only" if cfg.limit else ""))
     out = Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     extra = {"dataset": dataset.name}
     if cfg.detections is None:
-        dets, dataset, extra = run_detector(cfg, dataset, out)
+        dets, dataset, extra = run_detector(cfg, dataset, out, rank, world, log)
+        if rank != 0:
+            return None
     else:
         dets, report = read_detections(Path(cfg.detections), dataset)
         print(f"detections: {len(dets)} read from {cfg.detections}")
         if report.counts:
             print(report.summary())
         extra["detections"] = str(cfg.detections)
+    out.mkdir(parents=True, exist_ok=True)
     protocol = cfg.eval.protocol.value if hasattr(cfg.eval.protocol, "value") else str(cfg.eval.protocol)
     metrics = evaluate(dets, dataset, protocol=protocol)
     print(format_table(metrics, title=f"{dataset.name}:"))
@@ -68,46 +92,53 @@ def main(cfg: DictConfig) -> float:
     return metrics.map
 
 
-def run_detector(cfg: DictConfig, dataset, out: Path):
-    """Proposals (cached, extracted where missing) -> detector over ``dataset``; writes detections.json.
+def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log):
+    """Proposals (cached; each rank extracts its share of the missing ones) -> the detector over this rank's shards
+    (each saved as it finishes, so a killed run resumes) -> gathered; rank 0 writes detections.json.
 
     Returns (detections, the dataset of the images that were scored, extra fields for metrics.json).
     """
     import time
 
-    import torch
-
-    from detection.data.records import DetectionDataset
-    from detection.detector import detect_dataset
+    from detection.distributed import barrier
     from detection.evaluation import write_coco_results
+    from detection.sharded import detect_sharded, restrict_to_scored
 
     t0 = time.perf_counter()
     try:
         detector = hs.build_detector(cfg)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    for method, st in detector.proposals.extract(dataset, workers=cfg.workers).items():
-        print(st.summary(f"{method} on {dataset.name}"))
-    loaded = detector.proposals.load(dataset, skip_missing=True)
+    for method, st in detector.proposals.extract(dataset, workers=cfg.workers, rank=rank, world_size=world,
+                                                 progress=rank == 0).items():
+        log(st.summary(f"{method} on {dataset.name}" + (f" (rank 0 of {world})" if world > 1 else "")))
+    barrier(world)
     t1 = time.perf_counter()
-    dets, stats = detect_dataset(detector, dataset, [p["boxes"] if p is not None else None for p in loaded])
+    dets, stats = detect_sharded(detector, dataset, cache_dir=hs.resolve_cache_dir(cfg), shard_size=cfg.shard_size,
+                                 rank=rank, world_size=world, resume=cfg.resume, progress=rank == 0, log=log)
     t2 = time.perf_counter()
+    sh = stats["shards"]
+    if sh["resumed"]:
+        log(f"detect: {sh['resumed']} of {sh['total']} shards were already done (resumed from {stats['dir']})")
     if stats["skipped"]:
-        # an image that could not be read is out of the evaluation, not silently counted as all-missed
-        keep = stats["positions"]
-        print(f"{len(stats['skipped'])} unreadable images are left out of the evaluation")
-        remap = {old: new for new, old in enumerate(keep)}
-        dets.image = torch.tensor([remap[i] for i in dets.image.tolist()], dtype=torch.int64)
-        dataset = DetectionDataset(dataset.name, [dataset.records[i] for i in keep], dataset.report)
-    write_coco_results(dets, dataset, out / "detections.json")
+        log(f"{len(stats['skipped'])} images without a result (unreadable or no proposals) are left out of the "
+            f"evaluation")
+    dets, dataset = restrict_to_scored(dets, dataset, stats["positions"])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_coco_results(dets, dataset, out / "detections.json")
     n = max(stats["images"], 1)
     extra = {"dataset": dataset.name, "detections": str(out / "detections.json"),
              "proposals_per_image": stats["proposals_per_image"],
-             "ensemble_members": cfg.ensemble.size or detector.classifier.cfg.members,
+             "ensemble_members": cfg.ensemble.size or detector.classifier.cfg.members, "ranks": world,
              "seconds_per_image": (t2 - t1) / n, "proposal_seconds": t1 - t0,
-             "classify_seconds_per_image": stats["seconds"]["classify"] / n}
-    print(f"detector: {len(dets)} detections on {stats['images']} images, {stats['proposals_per_image']:.0f} "
-          f"proposals/image, {extra['seconds_per_image']:.2f} s/image (proposals cached: {t1 - t0:.0f} s)")
+             "classify_seconds_per_image": stats["seconds"].get("classify", 0.0) / n,
+             "shards": sh}
+    resumed = "" if sh["resumed"] == 0 else ", all resumed" if sh["computed"] == 0 else ", part resumed"
+    log(f"detector: {len(dets)} detections on {stats['images']} images, {stats['proposals_per_image']:.0f} "
+        f"proposals/image, {t2 - t1:.1f} s wall on {world} rank{'s' if world > 1 else ''} "
+        f"({(t2 - t1) / n:.2f} s/image{resumed}; proposals: "
+        f"{t1 - t0:.0f} s)")
     return dets, dataset, extra
 
 

@@ -34,18 +34,16 @@ def main(cfg: DictConfig) -> None:
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache)
     stats = stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world)
     if world > 1:
-        import torch.distributed as dist
+        from detection.distributed import finish, gather_objects
 
-        gathered = [None] * world
-        dist.all_gather_object(gathered, stats)
-        dist.barrier()
+        gathered = gather_objects(stats, world)
         if rank == 0:
             merged = {}
             for part in gathered:
                 for method, st in part.items():
                     merged.setdefault(method, ExtractStats()).merge(st)
             stats = merged
-        dist.destroy_process_group()
+        finish(world)
     if rank == 0:
         for method, st in stats.items():
             print(st.summary(f"{method} on {dataset.name}" + (f" ({world} ranks)" if world > 1 else "")))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -58,6 +57,9 @@ class EvalMapConfig:
     cache_dir: Optional[str] = None
     workers: int = 2
     detections: Optional[str] = None
+    limit: Optional[int] = None
+    shard_size: int = 50
+    resume: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
     proposals: ProposalSettings = field(default_factory=ProposalSettings)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
@@ -116,49 +118,33 @@ def register_schemas() -> None:
 
 def proposal_settings(cfg: DictConfig) -> ProposalSettings:
     """The typed settings object of a ``proposals`` config node."""
-    from proposals.pipeline import MultiBoxSettings
-    from proposals.selective_search import SelectiveSearchSettings
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    return ProposalSettings(selective_search=SelectiveSearchSettings(**c["selective_search"]),
-                            multibox=MultiBoxSettings(**c["multibox"]), dedup_iou=c["dedup_iou"],
-                            min_size=c["min_size"])
+    return ProposalSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
-def build_detector(cfg: DictConfig, *, with_proposals: bool = True):
-    """The detector of a tool config (``ensemble``, ``detector`` and ``proposals`` nodes)."""
-    from detection.detector import Detector, DetectorSettings
-    from detection.models.region import load_ensemble
+def build_detector(cfg: DictConfig):
+    """The detector of a tool config (``ensemble``, ``detector`` and ``proposals`` nodes), through the Python API;
+    under torchrun a ``cuda`` device means this rank's GPU."""
+    from detection.api import load_detector
+    from detection.distributed import rank_device
 
-    model = load_ensemble(cfg.ensemble.model, device=cfg.ensemble.device)
-    settings = DetectorSettings(nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
-                                score_threshold=cfg.detector.score_threshold, members=cfg.ensemble.size)
-    stage = None
-    if with_proposals:
-        from proposals.pipeline import ProposalStage
-
-        stage = ProposalStage(proposal_settings(cfg.proposals), cache_root=resolve_cache_dir(cfg) / "proposals")
-    return Detector(classifier=model, proposals=stage, settings=settings)
+    return load_detector(cfg.ensemble.model, proposals=proposal_settings(cfg.proposals),
+                         device=str(rank_device(cfg.ensemble.device)), members=cfg.ensemble.size,
+                         nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
+                         score_threshold=cfg.detector.score_threshold, cache_dir=resolve_cache_dir(cfg))
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size); under torchrun, joins the gloo process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
+def distributed_context(device: str = "cpu") -> tuple[int, int]:
+    """(rank, world size); under torchrun, joins the process group (NCCL for CUDA, gloo on the CPU)."""
+    from detection.distributed import init_distributed
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return dist.get_rank(), world
-    return 0, 1
+    return init_distributed(device)
 
 
 def barrier(world_size: int) -> None:
     """Wait for every torchrun rank (no-op in a single process)."""
-    if world_size > 1:
-        import torch.distributed as dist
+    from detection.distributed import barrier as _barrier
 
-        dist.barrier()
+    _barrier(world_size)
 
 
 def resolve_cache_dir(cfg: DictConfig) -> Path:

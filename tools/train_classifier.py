@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -114,10 +113,9 @@ def main(cfg: DictConfig) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out, dest)
             log(f"installed as the embedded default: {dest}")
-    if world > 1:
-        import torch.distributed as dist
+    from detection.distributed import finish
 
-        dist.destroy_process_group()
+    finish(world)
 
 
 def validate(cfg: DictConfig, model, stage) -> dict:
@@ -125,6 +123,7 @@ def validate(cfg: DictConfig, model, stage) -> dict:
     proposal settings (cached, extracted where missing)."""
     from detection.detector import Detector, DetectorSettings, detect_dataset
     from detection.evaluation import evaluate
+    from detection.sharded import restrict_to_scored
 
     val = instantiate(cfg.val_dataset, _convert_="all")
     stage.extract(val, workers=cfg.workers, progress=False)
@@ -133,15 +132,7 @@ def validate(cfg: DictConfig, model, stage) -> dict:
     for key, members in (("mAP", None), ("mAP_member0", 1)):
         dets, st = detect_dataset(Detector(classifier=model.eval(), settings=DetectorSettings(members=members)),
                                   val, props, progress=False)
-        keep = st["positions"]
-        if len(keep) < len(val):
-            from detection.data.records import DetectionDataset
-
-            remap = {old: new for new, old in enumerate(keep)}
-            dets.image = torch.tensor([remap[i] for i in dets.image.tolist()], dtype=torch.int64)
-            val_eval = DetectionDataset(val.name, [val.records[i] for i in keep], val.report)
-        else:
-            val_eval = val
+        dets, val_eval = restrict_to_scored(dets, val, st["positions"])
         out[key] = evaluate(dets, val_eval).map
     return out
 

@@ -15,7 +15,11 @@ from proposals.extract import ExtractStats, SelectiveSearchSource, extract_split
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchSettings
 
-__all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalStage"]
+__all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalStage", "proposal_presets",
+           "load_proposal_settings"]
+
+# the proposal presets (configs/proposals/*.yaml) live in the source tree beside the packages
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "proposals"
 
 
 @dataclass
@@ -42,6 +46,44 @@ class ProposalSettings:
     min_size: float = 4.0  # boxes with a side under this many pixels are dropped
 
 
+    @classmethod
+    def from_dict(cls, c: dict) -> "ProposalSettings":
+        """From a plain dict shaped like ``configs/proposals/*.yaml`` (missing keys keep their defaults)."""
+        unknown = set(c) - {"selective_search", "multibox", "dedup_iou", "min_size"}
+        if unknown:
+            raise ValueError(f"unknown proposal settings: {', '.join(sorted(unknown))}")
+        d = cls()
+        return cls(selective_search=SelectiveSearchSettings(**c.get("selective_search", {})),
+                   multibox=MultiBoxSettings(**c.get("multibox", {})), dedup_iou=c.get("dedup_iou", d.dedup_iou),
+                   min_size=c.get("min_size", d.min_size))
+
+
+def proposal_presets() -> list[str]:
+    """Names of the proposal presets (``paper``, ``rcnn``, ...)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_proposal_settings(preset: "str | Path | ProposalSettings") -> ProposalSettings:
+    """A preset name (``"paper"``, ``"rcnn"``), a YAML file shaped like ``configs/proposals/*.yaml``, or settings."""
+    from omegaconf import OmegaConf
+
+    if isinstance(preset, ProposalSettings):
+        return preset
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            have = ", ".join(proposal_presets()) or f"none: {PRESET_DIR} not found (install from a checkout)"
+            raise ValueError(f"unknown proposal preset {str(preset)!r}; choose one of {have}, or give a .yaml file")
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: proposal settings file not found")
+    node = OmegaConf.load(path)
+    for parent in node.pop("defaults", []) or []:  # a preset may build on another (paper builds on rcnn)
+        if isinstance(parent, str) and parent != "_self_":
+            node = OmegaConf.merge(OmegaConf.load(path.parent / f"{parent}.yaml"), node)
+    return ProposalSettings.from_dict(OmegaConf.to_container(node, resolve=True))
+
+
 class MultiBoxSource:
     """MultiBox as a cacheable proposal source: all K boxes with their confidences (top-k is cut at merge time).
 
@@ -51,13 +93,14 @@ class MultiBoxSource:
     method = "multibox"
 
     def __init__(self, model_path: str | Path | None = None, *, crops: Sequence[Sequence[float]] = (),
-                 drop_cut: bool = False):
+                 drop_cut: bool = False, device: str | torch.device = "cpu"):
         from proposals.multibox import default_model_path
         from proposals.multibox.model import crop_windows
 
         crop_windows(100, 100, levels=crops)  # invalid settings fail here, not in a worker
         self.crops = [[int(g), float(f)] for g, f in crops]
         self.drop_cut = bool(drop_cut)
+        self.device = str(device)  # where the network runs (not part of the cache key)
 
         self.path = Path(model_path) if model_path else default_model_path()
         if not self.path.is_file():
@@ -80,19 +123,20 @@ class MultiBoxSource:
         if self._model is None:
             from proposals.multibox.model import load_multibox
 
-            self._model = load_multibox(self.path)
+            self._model = load_multibox(self.path).to(self.device)
         return self._model.propose(image_rgb, crops=self.crops, drop_cut=self.drop_cut)
 
 
 class ProposalStage:
     """Proposals of a dataset's images from the caches, computing what is missing first."""
 
-    def __init__(self, settings: ProposalSettings, *, cache_root: str | Path):
+    def __init__(self, settings: ProposalSettings, *, cache_root: str | Path, device: str | torch.device = "cpu"):
         self.settings = settings
         self.cache_root = Path(cache_root)
         self.ss = SelectiveSearchSource(settings.selective_search)
         mb = settings.multibox
-        self.mb = MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut) if mb.top_k > 0 else None
+        self.mb = (MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut, device=device) if mb.top_k > 0
+                   else None)
         self.last_seconds: dict = {}  # time per source of the last propose() call
 
     def sources(self):

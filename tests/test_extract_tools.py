@@ -78,6 +78,22 @@ def test_eval_proposals_tool_and_sweep_summary(tiny_voc, tmp_path):
     assert cov["images"] == 4 and cov["gt_boxes"] == 4 and cov["mb/img"] == 0
     assert (tmp_path / "sweep" / "0" / "coverage.png").stat().st_size > 5000
 
+    # the same sweep as two parallel joblib jobs (the 'parallel' launcher preset): the same summary table
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason='needs pip install -e ".[launchers]"')
+    common = [c.replace("workers=2", "workers=1") for c in common]
+    r = run_tool(sys.executable, "tools/eval_proposals.py", "-m", *common, "hydra/launcher=parallel",
+                 "proposals.selective_search.k_scale=1,2", f"hydra.sweep.dir={tmp_path / 'sweep_joblib'}",
+                 f"cache_dir={tmp_path / 'cache_joblib'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Joblib.Parallel" in r.stdout or "JoblibLauncher" in r.stdout + r.stderr
+    seq = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    par = json.loads((tmp_path / "sweep_joblib" / "summary.json").read_text())
+    assert [j["swept"] for j in par] == [j["swept"] for j in seq]
+    for a, b in zip(par, seq):  # every figure but the time per image
+        assert {k: v for k, v in a.items() if k not in ("s/img", "overrides")} == \
+            {k: v for k, v in b.items() if k not in ("s/img", "overrides")}
+    assert "Sweep summary (2 jobs" in r.stdout
+
 
 @pytest.mark.parametrize("name", ["eval_proposals", "extract_proposals", "train_multibox"])
 @pytest.mark.parametrize("proposals", ["rcnn", "paper"])

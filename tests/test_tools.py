@@ -106,3 +106,19 @@ def test_bench_eval_runs_small(tmp_path):
     assert figures["dets"] == 2000 and figures["images"] == 30
     assert figures["ilsvrc_s"] > 0 and figures["coco_s"] > 0 and figures["speedup"] > 0
     assert 0 < figures["ilsvrc_map"] <= 1 and 0 < figures["coco_map"] <= 1
+
+
+@pytest.mark.parametrize("preset, target", [("parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+@pytest.mark.parametrize("tool", ["eval_map", "eval_proposals"])
+def test_launcher_presets_compose(tool, preset, target):
+    pytest.importorskip(f"hydra_plugins.hydra_{'joblib' if preset == 'parallel' else 'submitit'}_launcher",
+                        reason='needs pip install -e ".[launchers]"')
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(tool, overrides=[f"hydra/launcher={preset}", "data_root=/data"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith(target)
+    if preset == "parallel":
+        assert launcher.n_jobs == 2
+    else:
+        assert launcher.timeout_min == 120 and launcher.tasks_per_node == 1
+        assert str(launcher.submitit_folder).endswith(".submitit/%j")

@@ -56,7 +56,7 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     ev = common + [f"ensemble.model={tmp_path / 'model' / 'region.pt'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     r = run(sys.executable, "tools/eval_map.py", "-m", *ev, "ensemble.size=1,2")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Sweep summary (2 jobs" in r.stdout and "unreadable images are left out" in r.stdout
+    assert "Sweep summary (2 jobs" in r.stdout and "are left out of the evaluation" in r.stdout
     jobs = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert [j["ensemble_members"] for j in jobs] == [1, 2] and all(0 <= j["mAP"] <= 1 for j in jobs)
     dets = json.loads((tmp_path / "sweep" / "1" / "detections.json").read_text())

@@ -77,6 +77,13 @@ def test_eval_proposals_tool_and_sweep_summary(tiny_voc, tmp_path):
     cov = json.loads((tmp_path / "sweep" / "0" / "coverage.json").read_text())
     assert cov["images"] == 4 and cov["gt_boxes"] == 4 and cov["mb/img"] == 0
     assert (tmp_path / "sweep" / "0" / "coverage.png").stat().st_size > 5000
+    # the pages: each job's coverage.html (its numbers those of coverage.json) and the sweep's summary.html
+    from test_report_html import check_page
+
+    page = check_page(tmp_path / "sweep" / "0" / "coverage.html")
+    assert float([a for t, a in page.data if a.get("id") == "coverage"][0]["data-value"]) == cov["coverage@0.5"]
+    assert "coverage.png" in page.imgs
+    assert check_page(tmp_path / "sweep" / "summary.html").links == ["0/coverage.html", "1/coverage.html"]
 
     # the same sweep as two parallel joblib jobs (the 'parallel' launcher preset): the same summary table
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason='needs pip install -e ".[launchers]"')

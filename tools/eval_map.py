@@ -77,6 +77,7 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
     metrics = evaluate(dets, dataset, protocol=protocol)
     print(format_table(metrics, title=f"{dataset.name}:"))
     written = [out / "metrics.json", out / "pr_curves.png"]
+    errors = None
     if cfg.eval.errors:
         from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
         from detection.labels import det200
@@ -88,8 +89,31 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
         written.append(out / "errors.png")
     save_metrics(metrics, out / "metrics.json", extra=extra)
     plot_pr(metrics, out / "pr_curves.png", max_classes=cfg.eval.pr_classes)
+    if cfg.eval.report:
+        from detection.evaluation.html import write_report
+
+        written.append(write_report(out, metrics=metrics, dataset=dataset, dets=dets, errors=errors,
+                                    info=report_info(cfg, extra), gallery_classes=cfg.eval.report_classes))
     print("wrote " + ", ".join(str(w) for w in written))
     return metrics.map
+
+
+def report_info(cfg: DictConfig, extra: dict) -> dict:
+    """The headline facts of report.html: what ran, on what, how long."""
+    info = {"dataset": extra.get("dataset"), "protocol": str(getattr(cfg.eval.protocol, "value", cfg.eval.protocol))}
+    if cfg.detections is not None:
+        info["detections"] = str(cfg.detections)
+        return info
+    p = cfg.proposals
+    mb = f" + top {p.multibox.top_k} MultiBox" if p.multibox.top_k else ""
+    info.update({"model": cfg.ensemble.model or "embedded default (detection/models/weights/region_lite0.pt)",
+                 "ensemble members": extra.get("ensemble_members"),
+                 "proposals": f"selective search {p.selective_search.mode} k × {p.selective_search.k_scale:g}{mb} "
+                              f"({extra.get('proposals_per_image', 0):.0f} / image)",
+                 "NMS IoU": cfg.detector.nms_iou, "ranks": extra.get("ranks"),
+                 "detector time": f"{extra.get('seconds_per_image', 0):.2f} s / image (proposals cached)",
+                 "detections file": extra.get("detections"), "command": " ".join(sys.argv)})
+    return info
 
 
 def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log):

@@ -51,7 +51,18 @@ def main(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     (out / "coverage.json").write_text(json.dumps({"dataset": dataset.name, **rep}, indent=2))
     plot_coverage(rep, out / "coverage.png")
-    print(f"wrote {out / 'coverage.json'} and {out / 'coverage.png'}")
+    from collections import Counter
+
+    from detection.evaluation.html import write_coverage_page
+
+    objects = Counter(int(c) for r in dataset.records for c in r.labels.tolist())
+    mb = cfg.proposals.multibox
+    page = write_coverage_page(out, rep, title=f"{dataset.name}: proposal coverage", objects=objects, info={
+        "dataset": dataset.name,
+        "proposals": f"selective search {ss.mode} k × {ss.k_scale:g}" + (f" + top {mb.top_k} MultiBox" if mb.top_k
+                                                                          else ""),
+        "command": " ".join(sys.argv)})
+    print(f"wrote {out / 'coverage.json'}, {out / 'coverage.png'} and {page}")
     return rep["coverage@0.5"]
 
 

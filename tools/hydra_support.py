@@ -34,6 +34,8 @@ class EvalConfig:
     protocol: Protocol = Protocol.ilsvrc
     pr_classes: int = 20
     errors: bool = True
+    report: bool = True
+    report_classes: int = 40
 
 
 @dataclass
@@ -227,4 +229,7 @@ class SweepSummary(Callback):
         table = "\n".join(lines)
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2))
         (sweep_dir / "summary.txt").write_text(table + "\n")
-        print(f"\nSweep summary ({len(rows)} jobs, {sweep_dir}/summary.txt):\n{table}")
+        from detection.evaluation.html import write_summary_page
+
+        page = write_summary_page(sweep_dir, rows, keys=keys, common=" ".join(sorted(common)))
+        print(f"\nSweep summary ({len(rows)} jobs, {sweep_dir}/summary.txt, {page.name}):\n{table}")

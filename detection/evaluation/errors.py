@@ -40,7 +40,8 @@ class ErrorReport:
     """``per_class[c]``: ``objects``, ``top`` (detections examined), ``tp`` among them, one count per
     :data:`FP_TYPES`, ``found`` (objects matched at any score); ``by_size``: per :data:`SIZE_BINS` name,
     ``objects`` and ``found``; ``fp_type`` / ``top_rank``: per kept detection, its FP type ('' for a true
-    positive) and its rank in its class (0 = highest score)."""
+    positive) and its rank in its class (0 = highest score); ``gt_*``: per object, where it is and whether it was
+    found."""
 
     per_class: dict[int, dict]
     by_size: dict[str, dict]
@@ -48,6 +49,11 @@ class ErrorReport:
     fp_type: np.ndarray = field(repr=False)
     top_rank: np.ndarray = field(repr=False)
     det_index: np.ndarray = field(repr=False)  # input position of each kept detection
+    # the (non-blacklisted) objects: image position, box (xyxy continuous), label, matched at any score
+    gt_image: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    gt_boxes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 4)))
+    gt_label: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    gt_found: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
 
     @property
     def overall(self) -> dict:
@@ -112,7 +118,8 @@ def analyze_errors(dets: Detections, dataset: DetectionDataset, *, top_factor: f
         by_size[name] = {"objects": int(m.sum()), "found": int((m & found).sum()),
                          "missed": int((m & ~found).sum())}
     return ErrorReport(per_class=per_class, by_size=by_size, top_factor=top_factor, fp_type=fp_type,
-                       top_rank=rank, det_index=p.pos)
+                       top_rank=rank, det_index=p.pos, gt_image=p.gt_img, gt_boxes=p.gt_boxes, gt_label=p.gt_lbl,
+                       gt_found=found)
 
 
 def format_errors(rep: ErrorReport, *, space=None, max_classes: int = 200) -> str:

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmarks of running at scale: eval_map.py on 1 rank vs 2 torchrun ranks, a joblib sweep vs the sequential one,
+and the Python API's latency.
+
+    python tools/bench_scale.py                       # all three, val with cached proposals (about 30 min on 2 cores)
+    python tools/bench_scale.py --only eval --limit 200
+    python tools/bench_scale.py --only api --repeats 5
+
+Each eval_map run recomputes its detections (``resume=false``) with one thread per rank, so the comparison is
+1 core against 2.  Prints a table and writes ``bench_scale.json`` (in ``--out``).  Proposals must be cached for the
+eval benchmark (``python tools/extract_proposals.py --split val``), else their extraction is timed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], log: Path, threads: int = 1) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DET_PROGRESS": "lines"}
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed (exit {r.returncode}); see {log}")
+    return dt
+
+
+def bench_eval(args, out: Path) -> dict:
+    common = [f"--split={args.split}", "resume=false", "workers=1", "eval.report=false"] + (
+        [f"limit={args.limit}"] if args.limit else [])
+    res = {}
+    for name, launcher in (("1 rank", [sys.executable]),
+                           ("2 ranks", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                        "--master_port=29561"])):
+        run_dir = out / f"eval_{name.replace(' ', '_')}"
+        wall = run(launcher + ["tools/eval_map.py", *common, f"hydra.run.dir={run_dir}"], out / f"{run_dir.name}.log")
+        m = json.loads((run_dir / "metrics.json").read_text())
+        res[name] = {"wall_s": wall, "mAP": m["mAP"], "detector_s_per_image": m["seconds_per_image"],
+                     "images": m["num_images"], "detections": json.loads((run_dir / "detections.json").read_text())}
+    one, two = res["1 rank"], res["2 ranks"]
+    return {"split": args.split, "limit": args.limit, "images": one["images"],
+            "wall_1rank_s": one["wall_s"], "wall_2ranks_s": two["wall_s"],
+            "detector_1rank_s": one["detector_s_per_image"] * one["images"],
+            "detector_2ranks_s": two["detector_s_per_image"] * two["images"],
+            "speedup_wall": one["wall_s"] / two["wall_s"],
+            "speedup_detector": one["detector_s_per_image"] / two["detector_s_per_image"],
+            "mAP_1rank": one["mAP"], "mAP_2ranks": two["mAP"],
+            "same_detections": one["detections"] == two["detections"]}
+
+
+def bench_sweep(args, out: Path) -> dict:
+    common = ["tools/eval_proposals.py", "-m", f"--split={args.sweep_split}", "proposals=rcnn",
+              "proposals.selective_search.k_scale=1,2", "workers=1"]
+    res = {}
+    for name, extra in (("sequential", []), ("joblib", ["hydra/launcher=parallel"])):
+        d = out / f"sweep_{name}"
+        # a fresh cache per launcher: both sweeps compute the same proposals
+        res[name] = run([sys.executable, *common, f"cache_dir={out / f'sweep_cache_{name}'}", *extra,
+                         f"hydra.sweep.dir={d}"], out / f"sweep_{name}.log")
+        rows = json.loads((d / "summary.json").read_text())
+        res[name + "_rows"] = [{k: v for k, v in r.items() if k not in ("s/img", "overrides")} for r in rows]
+    return {"split": args.sweep_split, "sequential_s": res["sequential"], "joblib_s": res["joblib"],
+            "speedup": res["sequential"] / res["joblib"],
+            "same_table": res["sequential_rows"] == res["joblib_rows"]}
+
+
+def bench_api(args) -> dict:
+    import numpy as np
+    import skimage.data
+    import torch
+
+    from detection import load_detector
+
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    det = load_detector()
+    load = time.perf_counter() - t
+    img = skimage.data.chelsea()
+    det.detect(img)  # warm-up: first-call set-up costs
+    times, stages = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        r = det.detect(img)
+        times.append(time.perf_counter() - t)
+        stages.append(r.seconds)
+    best = r[0]
+    keys = [k for k in stages[0] if not k.startswith("classify.")]
+    return {"load_s": load, "detect_median_s": statistics.median(times), "detect_min_s": min(times),
+            "threads": args.threads, "repeats": args.repeats,
+            "stage_median_s": {k: float(np.median([s[k] for s in stages])) for k in keys},
+            "top": {"name": best["name"], "score": best["score"], "box": best["box_xyxy"]}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=["eval", "sweep", "api"], action="append")
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, default=None, help="eval: the first N images only")
+    p.add_argument("--sweep-split", default="val_small")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="api: torch threads")
+    p.add_argument("--out", default="outputs/bench_scale")
+    args = p.parse_args()
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    which = args.only or ["eval", "sweep", "api"]
+    res = {}
+    if "api" in which:
+        res["api"] = a = bench_api(args)
+        print(f"api: load_detector() {a['load_s']:.2f} s; detect(chelsea) median {a['detect_median_s']:.2f} s over "
+              f"{a['repeats']} ({a['threads']} thread): {a['top']['name']} {a['top']['score']:.3f}; stages "
+              + ", ".join(f"{k} {v:.2f}" for k, v in a["stage_median_s"].items()))
+    if "eval" in which:
+        res["eval"] = e = bench_eval(args, out)
+        print(f"eval_map {e['split']} ({e['images']} images): 1 rank {e['wall_1rank_s']:.0f} s, 2 ranks "
+              f"{e['wall_2ranks_s']:.0f} s wall ({e['speedup_wall']:.2f}x; detector alone {e['speedup_detector']:.2f}x); "
+              f"mAP {100 * e['mAP_1rank']:.2f} / {100 * e['mAP_2ranks']:.2f} %, same detections: {e['same_detections']}")
+    if "sweep" in which:
+        res["sweep"] = s = bench_sweep(args, out)
+        print(f"sweep eval_proposals {s['split']} k_scale=1,2: sequential {s['sequential_s']:.0f} s, joblib 2 jobs "
+              f"{s['joblib_s']:.0f} s ({s['speedup']:.2f}x); same table: {s['same_table']}")
+    (out / "bench_scale.json").write_text(json.dumps(res, indent=2))
+    print(f"wrote {out / 'bench_scale.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,11 +34,12 @@ img.plot{max-width:100%;border:1px solid #eee}
 .gal{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:4px;background:#fafafa}
 figure img{display:block;height:130px}
-figcaption{font-size:11px;color:#333;max-width:230px}
+figcaption{font-size:11px;color:#333;max-width:230px;overflow-wrap:anywhere}
 .t-duplicate{color:#9467bd}.t-mislocalised{color:#d95f02}.t-confusion{color:#1f77b4}.t-background{color:#555}
 .t-missed{color:#d62728}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dt{color:#555}dd{margin:0}
 .note{color:#666;font-size:12px}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 _TYPE_COLOURS = {"duplicate": (148, 103, 189), "mislocalised": (217, 95, 2), "confusion": (31, 119, 180),
@@ -117,7 +118,9 @@ def _thumb(image_rgb: np.ndarray, focus: np.ndarray, det: np.ndarray | None, gts
 
     for b, name in gts:
         r = tr(b)
-        d.rectangle(r, outline=(44, 160, 44), width=2)
+        # the object the thumbnail is about (a missed one) drawn heavier than its neighbours
+        heavy = det is None or np.allclose(b, focus)
+        d.rectangle(r, outline=(44, 160, 44), width=3 if heavy else 1)
         if name:
             d.text((r[0] + 2, r[1] + 1), name, fill=(44, 160, 44))
     if det is not None:
@@ -363,7 +366,7 @@ def write_summary_page(sweep_dir: str | Path, rows: list[dict], *, keys: list[st
     sweep = Path(sweep_dir)
     parts = [f"<h1>Sweep summary — {len(rows)} jobs</h1>", f'<div class="sub">{_e(sweep)}</div>',
              f"<dl><dt>common overrides</dt><dd>{_e(common or '-')}</dd></dl>"]
-    t = ["<table><tr><th class='l'>job</th><th class='l'>swept overrides</th>"
+    t = ["<div class='scroll'><table><tr><th class='l'>job</th><th class='l'>swept overrides</th>"
          + "".join(f"<th>{_e(k)}</th>" for k in keys) + "<th class='l'>status</th></tr>"]
     for r in rows:
         page = next((f"{r['job']}/{p}" for p in page_names if (sweep / r["job"] / p).is_file()), None)
@@ -379,7 +382,7 @@ def write_summary_page(sweep_dir: str | Path, rows: list[dict], *, keys: list[st
                 cells.append(_num("-" if v is None else v))
         t.append(f"<tr><td class='l'>{job}</td><td class='l'>{_e(r['swept'])}</td>" + "".join(cells)
                  + f"<td class='l'>{_e(r['status'])}</td></tr>")
-    t.append("</table>")
+    t.append("</table></div>")
     parts.append("".join(t))
     path = sweep / "summary.html"
     _atomic_write(path, _page(f"sweep summary: {sweep.name}", "\n".join(parts)))

@@ -28,7 +28,7 @@ def main() -> None:
     from proposals.merge import merge_proposals
     from proposals.pipeline import ProposalStage
 
-    print(f"{'split':<8}{'images':>8}{'objects':>9}{'MB top-200':>12}{'SS k x 2':>10}{'paper':>9}"
+    print(f"{'images of':<14}{'images':>8}{'objects':>9}{'MB top-200':>12}{'SS k x 2':>10}{'paper':>9}"
           f"{'MB boxes IoU>=0.5 share':>26}")
     for split in ("train", "val"):
         with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
@@ -39,12 +39,14 @@ def main() -> None:
         stage = ProposalStage(ps, cache_root=hs.resolve_cache_dir(cfg) / "proposals")
         ss_c = ProposalCache(stage.cache_root, ds.name, stage.ss.method, stage.ss.settings)
         mb_c = ProposalCache(stage.cache_root, ds.name, stage.mb.method, stage.mb.settings)
-        hits = {"mb": 0, "ss": 0, "paper": 0}
-        n_obj = n_img = 0
-        mb_good = mb_all = 0
+        groups: dict[str, dict] = {}
         for r in ds.records:
             if len(r.boxes) == 0:
                 continue
+            # one row per source folder of the split (voc07_train, coco128, fruit; val): like compared with like
+            g = groups.setdefault(r.image_id.split("/")[0], {"hits": {"mb": 0, "ss": 0, "paper": 0}, "n_obj": 0,
+                                                              "n_img": 0, "mb_good": 0, "mb_all": 0})
+            hits = g["hits"]
             sha = file_sha1(r.path)
             ss, mb = ss_c.load(r.image_id, sha), mb_c.load(r.image_id, sha)
             if ss is None or mb is None:
@@ -61,13 +63,14 @@ def main() -> None:
             if len(mb_only):
                 from torchvision.ops import box_iou
 
-                mb_good += int((box_iou(mb_only, r.boxes).max(1).values >= 0.5).sum())
-                mb_all += len(mb_only)
-            n_obj += len(r.boxes)
-            n_img += 1
-        pct = {k: 100 * v / max(1, n_obj) for k, v in hits.items()}
-        print(f"{split:<8}{n_img:>8}{n_obj:>9}{pct['mb']:>11.2f}%{pct['ss']:>9.2f}%{pct['paper']:>8.2f}%"
-              f"{100 * mb_good / max(1, mb_all):>25.2f}%")
+                g["mb_good"] += int((box_iou(mb_only, r.boxes).max(1).values >= 0.5).sum())
+                g["mb_all"] += len(mb_only)
+            g["n_obj"] += len(r.boxes)
+            g["n_img"] += 1
+        for name, g in groups.items():
+            pct = {k: 100 * v / max(1, g["n_obj"]) for k, v in g["hits"].items()}
+            print(f"{name:<14}{g['n_img']:>8}{g['n_obj']:>9}{pct['mb']:>11.2f}%{pct['ss']:>9.2f}%"
+                  f"{pct['paper']:>8.2f}%{100 * g['mb_good'] / max(1, g['mb_all']):>25.2f}%", flush=True)
 
 
 if __name__ == "__main__":

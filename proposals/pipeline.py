@@ -143,14 +143,32 @@ class ProposalStage:
         return [s for s in (self.ss, self.mb) if s is not None]
 
     def extract(self, dataset: DetectionDataset, *, workers: int = 1, rank: int = 0, world_size: int = 1,
-                progress: bool = True) -> dict[str, ExtractStats]:
-        """Fill every source's cache for ``dataset`` (this rank's shard)."""
-        out = {}
-        for src in self.sources():
-            # MultiBox is one small network pass: worker processes would each load it for little gain
-            w = workers if src.method != "multibox" else 1
-            out[src.method] = extract_split(dataset, src, cache_root=self.cache_root, workers=w, rank=rank,
-                                            world_size=world_size, progress=progress)
+                progress: bool = True, chunk_size: int | None = None, log=None) -> dict[str, ExtractStats]:
+        """Fill every source's cache for ``dataset`` (this rank's shard).
+
+        ``chunk_size``: take the images ``chunk_size`` at a time, every source on a chunk before the next, so that a
+        long run stopped part way leaves whole images (both sources cached) to train or evaluate on; ``log`` then
+        gets a line per chunk.  ``None``: each source over all images in turn.
+        """
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunks = ([dataset] if not chunk_size or chunk_size >= len(dataset) else
+                  [DetectionDataset(dataset.name, dataset.records[i:i + chunk_size])
+                   for i in range(0, len(dataset), chunk_size)])
+        out: dict[str, ExtractStats] = {}
+        for k, part in enumerate(chunks):
+            for src in self.sources():
+                # MultiBox is one small network pass: worker processes would each load it for little gain
+                w = workers if src.method != "multibox" else 1
+                st = extract_split(part, src, cache_root=self.cache_root, workers=w, rank=rank,
+                                   world_size=world_size, progress=progress)
+                acc = out.setdefault(src.method, ExtractStats())
+                wall = acc.wall + st.wall  # (merge keeps the longest wall, right for ranks; chunks add up)
+                acc.merge(st)
+                acc.wall = wall
+            if log is not None and len(chunks) > 1:
+                log(f"chunk {k + 1}/{len(chunks)} done: " + ", ".join(
+                    f"{m} {st.computed} computed / {st.cached} cached" for m, st in out.items()))
         return out
 
     def _cache(self, dataset: DetectionDataset, src) -> ProposalCache:

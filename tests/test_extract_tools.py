@@ -151,3 +151,25 @@ def test_workers_start_after_the_parent_used_opencv(tiny_voc, tmp_path):
                        timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "computed 4" in r.stdout
+
+
+@pytest.mark.slow
+def test_chunked_extraction_leaves_whole_images(tiny_voc, tmp_path):
+    """chunk_size: every source on a chunk before the next, so a run stopped part way leaves whole images."""
+    ds = read_voc(tiny_voc, name="tiny")
+    stage = ProposalStage(ProposalSettings(selective_search=SS_SMALL, multibox=MultiBoxSettings(top_k=50, crops=[])),
+                          cache_root=tmp_path / "c")
+    seen = []
+
+    def log(msg):  # after each chunk: how many images each source has cached
+        seen.append((msg, [len(list((tmp_path / "c" / "tiny").glob(f"{m}-*/*.pt")))
+                           for m in ("selective_search", "multibox")]))
+
+    stats = stage.extract(ds, workers=1, progress=False, chunk_size=2, log=log)
+    assert [m.split(" done")[0] for m, _ in seen] == ["chunk 1/3", "chunk 2/3", "chunk 3/3"]
+    # chunks: (astronaut, broken), (chelsea, coffee), (rocket); broken.jpg is skipped by both sources
+    assert [counts for _, counts in seen] == [[1, 1], [3, 3], [4, 4]]
+    assert stats["selective_search"].computed == stats["multibox"].computed == 4
+    assert len(stats["selective_search"].skipped) == 1
+    with pytest.raises(ValueError, match="chunk_size"):
+        stage.extract(ds, chunk_size=0)

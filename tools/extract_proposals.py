@@ -32,7 +32,8 @@ def main(cfg: DictConfig) -> None:
     if rank == 0:
         print(dataset.summary())
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache)
-    stats = stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world)
+    stats = stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world, chunk_size=cfg.chunk_size,
+                          log=print if rank == 0 else None)
     if world > 1:
         from detection.distributed import finish, gather_objects
 

@@ -86,6 +86,7 @@ class ProposalsToolConfig:
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
     workers: int = 2
+    chunk_size: Optional[int] = None
     proposals: ProposalSettings = field(default_factory=ProposalSettings)
 
 

@@ -24,7 +24,11 @@ import torch
 
 from detection.detector import DetectionResult, Detector, DetectorSettings
 
-__all__ = ["load_detector", "ObjectDetector", "ImageDetections", "as_rgb_array"]
+__all__ = ["load_detector", "ObjectDetector", "ImageDetections", "as_rgb_array", "ImageInputError"]
+
+
+class ImageInputError(ValueError):
+    """An image given to :meth:`ObjectDetector.detect` that is not one (wrong type, dtype or shape)."""
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +89,30 @@ def as_rgb_array(image) -> np.ndarray:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
+            from detection.data.image_io import _to_rgb_uint8
+
+            return np.ascontiguousarray(_to_rgb_uint8(image))  # 16-bit, palette, CMYK as read_image_rgb does
     except ImportError:  # pragma: no cover - Pillow is a dependency
         pass
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
+            raise ImageInputError(f"image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
         if image.dtype != torch.uint8:
-            raise ValueError(f"image tensor must be uint8 (0..255), got {image.dtype}")
+            raise ImageInputError(f"image tensor must be uint8 (0..255), got {image.dtype}")
         image = image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"cannot detect in a {type(image).__name__}: give a path, a PIL image, a uint8 array or tensor")
+        raise ImageInputError(f"cannot detect in a {type(image).__name__}: give a path, a PIL image, a uint8 array "
+                              f"or tensor")
     if image.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8 (0..255), got {image.dtype}")
+        raise ImageInputError(f"image array must be uint8 (0..255), got {image.dtype}")
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image array must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey, got {image.shape}")
+        raise ImageInputError(f"image array must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey, got {image.shape}")
     if min(image.shape[:2]) < 2:
-        raise ValueError(f"image too small: {image.shape[1]}x{image.shape[0]} pixels")
+        raise ImageInputError(f"image too small: {image.shape[1]}x{image.shape[0]} pixels")
     return np.ascontiguousarray(image)
 
 
@@ -141,6 +148,7 @@ class ObjectDetector(Detector):
                     ) -> list[ImageDetections | None]:
         """:meth:`detect` over many images, in order, with progress.  ``on_error="skip"``: an unreadable image is
         logged (named, with the problem) and its place holds ``None``; ``"raise"`` (default): the error propagates."""
+        from detection.data.image_io import ImageDecodeError
         from detection.progress import progress as progress_bar
 
         if on_error not in ("raise", "skip"):
@@ -151,7 +159,7 @@ class ObjectDetector(Detector):
         for im in progress_bar(images, desc="detect", unit="img", disable=not progress):
             try:
                 out.append(self.detect(im))
-            except (ValueError, TypeError) as e:  # ImageDecodeError is a ValueError naming the file
+            except (ImageDecodeError, ImageInputError) as e:  # a bad file or input, named; bugs still raise
                 if on_error == "raise":
                     raise
                 log.warning("detect: skipped %s", e)

@@ -41,18 +41,44 @@ def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
         backend = backend_for(dev)
         if backend == "nccl":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend)
+        # ranks wait for each other after uneven work (proposal extraction, the last shards): NCCL's default limit of
+        # 10 minutes would kill a long run; DET_DIST_TIMEOUT_MIN sets it (default 3 hours)
+        dist.init_process_group(backend, timeout=_timeout())
     return dist.get_rank(), dist.get_world_size()
 
 
-def gather_objects(obj, world_size: int) -> list:
-    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+def _timeout():
+    from datetime import timedelta
+
+    return timedelta(minutes=float(os.environ.get("DET_DIST_TIMEOUT_MIN", "180")))
+
+
+_OBJECT_GROUP = None
+
+
+def _object_group():
+    """A gloo group for moving Python objects (results, counts): CPU memory, not GPU memory, whatever the default
+    backend is."""
+    global _OBJECT_GROUP
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None  # the default group already is gloo
+    if _OBJECT_GROUP is None:
+        _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=_timeout())
+    return _OBJECT_GROUP
+
+
+def gather_objects(obj, world_size: int) -> list | None:
+    """Every rank's ``obj`` in rank order, on rank 0 only (other ranks get ``None``); ``[obj]`` in a single
+    process.  Objects travel over gloo (CPU) even when the default process group is NCCL."""
     if world_size <= 1:
         return [obj]
     import torch.distributed as dist
 
-    out = [None] * world_size
-    dist.all_gather_object(out, obj)
+    rank = dist.get_rank()
+    out = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, out, dst=0, group=_object_group())
     return out
 
 
@@ -66,8 +92,10 @@ def barrier(world_size: int) -> None:
 
 def finish(world_size: int) -> None:
     """Leave the process group (no-op in a single process or when none was joined)."""
+    global _OBJECT_GROUP
     if world_size > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        _OBJECT_GROUP = None

@@ -137,7 +137,7 @@ class LineProgress:
             if self.total and not final and self.n < self.total:
                 s += f", ETA {format_seconds(rate * (self.total - self.n))}"
         if final:
-            s += " - done"
+            s += " - done" if not self.total or self.n >= self.total else " - stopped"
         if self.postfix:
             s += f" [{self.postfix}]"
         return s

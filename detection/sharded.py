@@ -5,7 +5,7 @@ The images are cut into shards of ``shard_size`` consecutive images; rank ``r`` 
 ...``.  Each finished shard is written to ``<cache_dir>/detections/<dataset>/<key>/shard-NNNNN.pt``, where the key
 hashes everything the detections depend on (the classifier's weights, members, NMS settings, proposal settings, the
 image list, the shard size and the detector's source code), so a shard is reused only by an identical run.  The
-shards are gathered on every rank; only rank 0 needs them.
+shards are gathered on rank 0, which alone needs them.
 """
 from __future__ import annotations
 
@@ -24,8 +24,11 @@ from detection.evaluation.detections import Detections
 
 __all__ = ["run_key", "detect_sharded", "restrict_to_scored"]
 
-# the code whose changes change the detections
-_SOURCES = ["detector.py", "crops.py", "boxes.py", "models/region.py", "models/backbones.py"]
+# the code whose changes change the detections (relative to the project root)
+_SOURCES = ["detection/detector.py", "detection/crops.py", "detection/boxes.py", "detection/models/region.py",
+            "detection/models/backbones.py", "detection/data/image_io.py", "detection/sharded.py",
+            "proposals/merge.py", "proposals/pipeline.py"]
+SHARD_FORMAT = 2
 
 
 def _tensor_digest(h, state: dict) -> None:
@@ -46,12 +49,21 @@ def run_key(detector: Detector, dataset: DetectionDataset, shard_size: int) -> s
             "proposals": asdict(stage.settings) if stage is not None else None,
             "sources": {s.method: s.settings for s in stage.sources()} if stage is not None else None,
             "shard_size": shard_size}
+    import torchvision
+
+    meta["versions"] = {"format": SHARD_FORMAT, "torch": torch.__version__, "torchvision": torchvision.__version__}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for r in dataset.records:
-        h.update(f"{r.image_id}\t{r.path}\n".encode())
-    here = Path(__file__).resolve().parent
+        # the image's size and modification time: a file replaced at the same path is a new image
+        try:
+            st = os.stat(r.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "unreadable"
+        h.update(f"{r.image_id}\t{r.path}\t{stamp}\n".encode())
+    root = Path(__file__).resolve().parents[1]
     for s in _SOURCES:
-        p = here / s
+        p = root / s
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()[:12]
@@ -82,10 +94,11 @@ def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: 
                    rank: int = 0, world_size: int = 1, resume: bool = True, progress: bool = True, log=print
                    ) -> tuple[Detections, dict]:
     """Detect every image of ``dataset`` (proposals from ``detector.proposals``' cache, which must hold them),
-    this rank's shards only, then gather.
+    this rank's shards only, then gather on rank 0.
 
-    Returns ``(Detections, stats)`` as :func:`~detection.detector.detect_dataset` does (positions in ``dataset``), with
-    ``stats["shards"]`` = {"total", "resumed", "computed"} over all ranks and ``stats["dir"]`` the shard folder.
+    Returns, on rank 0, ``(Detections, stats)`` as :func:`~detection.detector.detect_dataset` does (positions in
+    ``dataset``), with ``stats["shards"]`` = {"total", "resumed", "computed"} over all ranks and ``stats["dir"]`` the
+    shard folder; on other ranks ``(None, stats of this rank's shards)``.
     """
     from detection.distributed import gather_objects
     from detection.progress import progress as progress_bar
@@ -112,8 +125,8 @@ def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: 
             if resume and path.is_file():
                 try:
                     part = torch.load(path, weights_only=True)
-                    if part.get("image_ids") != ids:
-                        part = None
+                    if part.get("image_ids") != ids or part.get("skipped"):
+                        part = None  # another run's shard, or one with images left out: try those again
                 except Exception as e:  # a damaged shard is recomputed, and said so
                     log(f"detect: {path} unreadable ({type(e).__name__}: {e}); recomputing it")
                     part = None
@@ -134,6 +147,8 @@ def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: 
             results.append(part)
             bar.update(hi - lo)
     gathered = gather_objects((results, resumed, computed), world_size)
+    if gathered is None:  # not rank 0: only rank 0 needs the whole split
+        return None, {"shards": {"total": n_shards, "resumed": resumed, "computed": computed}, "dir": str(folder)}
     parts = [p for g in gathered for p in g[0]]
     tot_resumed, tot_computed = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
     parts.sort(key=lambda p: p["shard"])

@@ -53,9 +53,12 @@ class ProposalSettings:
         if unknown:
             raise ValueError(f"unknown proposal settings: {', '.join(sorted(unknown))}")
         d = cls()
-        return cls(selective_search=SelectiveSearchSettings(**c.get("selective_search", {})),
-                   multibox=MultiBoxSettings(**c.get("multibox", {})), dedup_iou=c.get("dedup_iou", d.dedup_iou),
-                   min_size=c.get("min_size", d.min_size))
+        try:
+            return cls(selective_search=SelectiveSearchSettings(**(c.get("selective_search") or {})),
+                       multibox=MultiBoxSettings(**(c.get("multibox") or {})),
+                       dedup_iou=c.get("dedup_iou", d.dedup_iou), min_size=c.get("min_size", d.min_size))
+        except TypeError as e:  # an unknown key inside selective_search / multibox
+            raise ValueError(f"bad proposal settings: {e}") from None
 
 
 def proposal_presets() -> list[str]:
@@ -184,7 +187,13 @@ class ProposalStage:
         mb_cache = self._cache(dataset, self.mb) if self.mb is not None else None
         out = []
         for r in dataset.records:
-            sha = file_sha1(r.path)
+            try:
+                sha = file_sha1(r.path)
+            except OSError as e:  # gone or unreadable since the scan (the extraction reported it too)
+                if skip_missing:
+                    out.append(None)
+                    continue
+                raise RuntimeError(f"{r.path}: cannot read ({e.strerror or e})") from None
             ss = ss_cache.load(r.image_id, sha)
             mb = mb_cache.load(r.image_id, sha) if mb_cache is not None else None
             if ss is None or (mb_cache is not None and mb is None):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from detection import ImageDetections, load_detector
-from detection.api import as_rgb_array
+from detection.api import ImageInputError, as_rgb_array
 from proposals.pipeline import MultiBoxSettings, ProposalSettings, load_proposal_settings, proposal_presets
 from proposals.selective_search import SelectiveSearchSettings
 
@@ -74,8 +74,11 @@ def test_image_forms_and_their_errors(tmp_path):
         as_rgb_array(np.zeros((5, 6, 2), np.uint8))
     with pytest.raises(ValueError, match="nope.jpg: no such file"):
         as_rgb_array(tmp_path / "nope.jpg")
-    with pytest.raises(TypeError, match="list"):
+    with pytest.raises(ImageInputError, match="list"):
         as_rgb_array([[1, 2]])
+    # a 16-bit PIL image is scaled by its range, as when the file is read from disk
+    deep = Image.fromarray((np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000).astype(np.uint16))
+    assert deep.mode.startswith("I;16") and as_rgb_array(deep)[0, 1, 0] == round(3000 * 255 / 65535)
 
 
 def test_load_detector_settings_and_errors(tmp_path):

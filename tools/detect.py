@@ -77,19 +77,21 @@ def expand_inputs(items: list[str], *, recursive: bool = False) -> tuple[list[Pa
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """One output name per image: its stem, made unique with the parent folder's name (then a number) on clashes."""
-    stems = [p.stem for p in paths]
+    """One output name per image, never two alike (case-insensitively, for macOS and Windows): its stem; on a clash
+    the parent folder's name and the stem; then a number."""
+    from collections import Counter
+
+    stems = Counter(p.stem.lower() for p in paths)
+    used: set = set()
     names = []
     for p in paths:
-        n = p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}_{p.stem}"
-        names.append(n)
-    seen: dict = {}
-    for i, n in enumerate(names):
-        if n in seen:
-            seen[n] += 1
-            names[i] = f"{n}-{seen[n]}"
-        else:
-            seen[n] = 0
+        base = p.stem if stems[p.stem.lower()] == 1 else f"{p.parent.name}_{p.stem}"
+        name, k = base, 0
+        while name.lower() in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name.lower())
+        names.append(name)
     return names
 
 
@@ -197,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     gathered = gather_objects((done, failed), world)
     finish(world)
     if rank != 0:
-        return 1 if failed else 0
+        # only rank 0 reports the run's status: torchrun stops every rank when one exits non-zero, which would kill
+        # rank 0 before it writes the run files
+        return 0
     done = {i: d for g in gathered for i, d in g[0].items()}
     failed = [f for g in gathered for f in g[1]] + problems
     write_run_files(out, [done[i] for i in sorted(done)], [i + 1 for i in sorted(done)], det200())

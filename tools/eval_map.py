@@ -141,6 +141,8 @@ def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log
     dets, stats = detect_sharded(detector, dataset, cache_dir=hs.resolve_cache_dir(cfg), shard_size=cfg.shard_size,
                                  rank=rank, world_size=world, resume=cfg.resume, progress=rank == 0, log=log)
     t2 = time.perf_counter()
+    if rank != 0:
+        return None, dataset, {}
     sh = stats["shards"]
     if sh["resumed"]:
         log(f"detect: {sh['resumed']} of {sh['total']} shards were already done (resumed from {stats['dir']})")
@@ -148,9 +150,8 @@ def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log
         log(f"{len(stats['skipped'])} images without a result (unreadable or no proposals) are left out of the "
             f"evaluation")
     dets, dataset = restrict_to_scored(dets, dataset, stats["positions"])
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_coco_results(dets, dataset, out / "detections.json")
+    out.mkdir(parents=True, exist_ok=True)
+    write_coco_results(dets, dataset, out / "detections.json")
     n = max(stats["images"], 1)
     extra = {"dataset": dataset.name, "detections": str(out / "detections.json"),
              "proposals_per_image": stats["proposals_per_image"],

@@ -12,6 +12,7 @@ import html
 import math
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -33,7 +34,7 @@ tr:hover td{background:#fafafa}
 img.plot{max-width:100%;border:1px solid #eee}
 .gal{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:4px;background:#fafafa}
-figure img{display:block;height:130px}
+figure img{display:block}
 figcaption{font-size:11px;color:#333;max-width:230px;overflow-wrap:anywhere}
 .t-duplicate{color:#9467bd}.t-mislocalised{color:#d95f02}.t-confusion{color:#1f77b4}.t-background{color:#555}
 .t-missed{color:#d62728}
@@ -107,9 +108,9 @@ def _thumb(image_rgb: np.ndarray, focus: np.ndarray, det: np.ndarray | None, gts
     if cx2 - cx1 < 2 or cy2 - cy1 < 2:
         cx1, cy1, cx2, cy2 = 0, 0, W, H
     crop = Image.fromarray(image_rgb[cy1:cy2, cx1:cx2])
-    scale = height / crop.height
-    width = max(1, min(int(round(crop.width * scale)), 3 * height))
-    scale_x = width / crop.width
+    scale = min(height / crop.height, 3 * height / crop.width)  # at most 3 x height wide, aspect kept
+    width, height = max(1, int(round(crop.width * scale))), max(1, int(round(crop.height * scale)))
+    scale_x = scale
     crop = crop.resize((width, height), Image.BILINEAR)
     d = ImageDraw.Draw(crop)
 
@@ -233,7 +234,7 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
     m = metrics
     classes = list(m.evaluated_classes)
     by_objects = sorted(classes, key=lambda c: (-m.npos[c], c))
-    title = f"{dataset.name}: mAP {100 * m.map:.2f}%"
+    title = f"{dataset.name}: mAP {_pct(m.map)}"
     parts = [f"<h1>{_e(dataset.name)} — detection report</h1>",
              f'<div class="sub">{_e(_PROTOCOL_NAMES.get(m.protocol, m.protocol))}</div>']
     cards = [("mAP", f'<span id="map" data-value="{m.map!r}">{_pct(m.map)}</span>'),
@@ -250,6 +251,7 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
         parts.append("<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>")
     # per-class table
     has_err = errors is not None
+    galleries = has_err and dets is not None and bool(classes)
     head = ["class", "wnid", "GT", "dets", "AP"] + (["TP", "duplicate", "mislocalised", "confusion", "background",
                                                       "found"] if has_err else [])
     parts.append('<h2 id="classes">Average precision per class</h2>')
@@ -261,8 +263,7 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
          + "</tr>"]
     for c in sorted(classes, key=lambda c: -m.ap[c]):
         name = space.name(c)
-        link = f'<a href="#c{c}">{_e(name)}</a>' if c in by_objects[:gallery_classes] and dets is not None \
-            else _e(name)
+        link = f'<a href="#c{c}">{_e(name)}</a>' if c in by_objects[:gallery_classes] and galleries else _e(name)
         cells = [f'<td class="l" data-class="{c}">{link}</td>', f'<td class="l">{_e(space.wnid(c))}</td>',
                  _num(m.npos[c]), _num(m.ndet[c]),
                  f'<td data-ap="{m.ap[c]!r}">{_pct(m.ap[c])}<span class="bar" style="width:{60 * m.ap[c]:.0f}px">'
@@ -290,7 +291,7 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
                          f"<td>{100 * v['found'] / v['objects']:.1f}%</td></tr>" if v["objects"] else
                          f"<tr><td class='l'>{_e(k)}</td>{_num(0)}{_num(0)}{_num(0)}<td>–</td></tr>"
                          for k, v in errors.by_size.items()) + "</table>")
-    if has_err and dets is not None and classes:
+    if galleries:
         gclasses = by_objects[:gallery_classes]
         gal = _galleries(out, dets, dataset, errors, gclasses, space, per_class, log)
         parts.append(f"<h2>Galleries</h2><p class='note'>Per class (the {len(gclasses)} with the most objects): its "
@@ -302,7 +303,8 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
             for key, label, total in (("fp", "top false positives", g["num_fp"]),
                                       ("missed", "missed objects", g["num_missed"])):
                 items = g[key]
-                parts.append(f"<div class='note'>{label}: {len(items)} shown of {total}</div><div class='gal'>")
+                parts.append(f"<div class='note'>{label}: {len(items)} shown of {total} in all (at any score)</div>"
+                             f"<div class='gal'>")
                 for s in items:
                     img = f'<img src="{_e(s["file"])}" alt="{_e(s["caption"])}">' if s["file"] else "(unreadable)"
                     parts.append(f"<figure>{img}<figcaption class='t-{s['kind']}'>{_e(s['caption'])}"
@@ -370,7 +372,7 @@ def write_summary_page(sweep_dir: str | Path, rows: list[dict], *, keys: list[st
          + "".join(f"<th>{_e(k)}</th>" for k in keys) + "<th class='l'>status</th></tr>"]
     for r in rows:
         page = next((f"{r['job']}/{p}" for p in page_names if (sweep / r["job"] / p).is_file()), None)
-        job = f'<a href="{_e(page)}">{_e(r["job"])}</a>' if page else _e(r["job"])
+        job = f'<a href="{_e(quote(page))}">{_e(r["job"])}</a>' if page else _e(r["job"])
         cells = []
         for k in keys:
             v = r.get(k)

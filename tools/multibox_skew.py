@@ -6,6 +6,7 @@ MultiBox was trained on the train split, so its boxes there may be better than o
 train proposals would then see better MultiBox boxes than it meets at test time.  Reads the proposal caches only.
 
     python tools/multibox_skew.py            # every cached image of train and val
+    python tools/multibox_skew.py val        # one split
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main() -> None:
 
     print(f"{'images of':<14}{'images':>8}{'objects':>9}{'MB top-200':>12}{'SS k x 2':>10}{'paper':>9}"
           f"{'MB boxes IoU>=0.5 share':>26}")
-    for split in ("train", "val"):
+    for split in sys.argv[1:] or ("train", "val"):
         with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
             cfg = compose("eval_map", overrides=[f"dataset={split}", "proposals=paper"])
         hs.resolve_data_root(cfg)
@@ -44,7 +45,8 @@ def main() -> None:
             if len(r.boxes) == 0:
                 continue
             # one row per source folder of the split (voc07_train, coco128, fruit; val): like compared with like
-            g = groups.setdefault(r.image_id.split("/")[0], {"hits": {"mb": 0, "ss": 0, "paper": 0}, "n_obj": 0,
+            part = r.image_id.split("/")[0] if "/" in r.image_id else ds.name
+            g = groups.setdefault(part, {"hits": {"mb": 0, "ss": 0, "paper": 0}, "n_obj": 0,
                                                               "n_img": 0, "mb_good": 0, "mb_all": 0})
             hits = g["hits"]
             sha = file_sha1(r.path)

@@ -89,9 +89,9 @@ def as_rgb_array(image) -> np.ndarray:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            from detection.data.image_io import _to_rgb_uint8
+            from detection.data.image_io import pil_to_rgb
 
-            return np.ascontiguousarray(_to_rgb_uint8(image))  # 16-bit, palette, CMYK as read_image_rgb does
+            return np.ascontiguousarray(pil_to_rgb(image))  # 16-bit, palette, CMYK as read_image_rgb does
     except ImportError:  # pragma: no cover - Pillow is a dependency
         pass
     if isinstance(image, torch.Tensor):

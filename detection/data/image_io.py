@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size"]
+__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size", "pil_to_rgb"]
 
 # Photos bigger than this are almost certainly an error (decompression bomb); still well above any real photo here.
 _MAX_PIXELS = 200_000_000
@@ -55,7 +55,8 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
         return im.width, im.height
 
 
-def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image as ``uint8[H, W, 3]`` RGB (16-bit grey scaled by its range, alpha dropped)."""
     mode = im.mode
     if mode == "RGB":
         return np.asarray(im)
@@ -83,7 +84,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with im:
             im.load()  # a truncated file raises here: PIL.ImageFile.LOAD_TRUNCATED_IMAGES stays False
-            arr = _to_rgb_uint8(im)
+            arr = pil_to_rgb(im)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as e:

@@ -12,6 +12,21 @@ SOURCE_MULTIBOX = 1
 SOURCE_NAMES = {SOURCE_SELECTIVE_SEARCH: "selective_search", SOURCE_MULTIBOX: "multibox"}
 
 
+def _top_nms(boxes: Tensor, scores: Tensor, iou: float, k: int) -> Tensor:
+    """The first ``k`` boxes NMS keeps (indices, by confidence), exactly, without suppressing all of them: greedy NMS
+    decides a box by the boxes scored above it only, so NMS over the best ``n`` candidates keeps the same boxes as
+    NMS over all of them, up to the n-th; ``n`` doubles until ``k`` are kept (MultiBox gives ~9 000 boxes an image,
+    of which 200 are kept: 0.4 s -> ~0.02 s)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    n = max(4 * k, 256)
+    while True:
+        cand = order[:n]
+        kept = cand[nms(boxes[cand], scores[cand], iou)]
+        if len(kept) >= k or n >= len(order):
+            return kept[:k]
+        n *= 2
+
+
 def merge_proposals(*, ss_boxes: Tensor, mb_boxes: Tensor | None = None, mb_scores: Tensor | None = None,
                     top_k: int = 200, mb_nms_iou: float = 1.0, dedup_iou: float = 0.95, min_size: float = 0.0
                     ) -> tuple[Tensor, Tensor]:
@@ -34,7 +49,7 @@ def merge_proposals(*, ss_boxes: Tensor, mb_boxes: Tensor | None = None, mb_scor
         if mb_scores is None:
             order = torch.arange(min(top_k, len(mb_boxes)))
         elif mb_nms_iou < 1.0:
-            order = nms(mb_boxes.float(), mb_scores.float(), mb_nms_iou)[:top_k]  # by confidence, best first
+            order = _top_nms(mb_boxes.float(), mb_scores.float(), mb_nms_iou, top_k)  # by confidence, best first
         else:
             order = torch.sort(mb_scores, descending=True, stable=True).indices[:top_k]
         parts.append(mb_boxes[order].float())

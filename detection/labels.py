@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Mapping
 
-__all__ = ["LabelSpace", "det200", "ClassMap", "voc20_map", "coco80_map", "BACKGROUND"]
+__all__ = ["LabelSpace", "det200", "ClassMap", "voc20_map", "coco80_map", "imagenet_map", "BACKGROUND"]
 
 BACKGROUND = 0
 
@@ -150,6 +150,20 @@ def voc20_map() -> ClassMap:
 def coco80_map() -> ClassMap:
     """COCO-80 (YOLO indices 0..79 and names) -> DET-200; unmapped classes map to ``None``."""
     return _parse_map(_read_resource("coco80_to_det200.tsv"), source="coco80", has_index=True)
+
+
+@lru_cache(maxsize=None)
+def imagenet_map() -> ClassMap:
+    """ImageNet synsets (the 1 000 ImageNet-1k wnids, Tiny ImageNet's among them) -> DET-200 by the WordNet 3.0
+    hierarchy (:mod:`detection.data.wordnet`): 483 map, into all 200 classes; the others map to ``None``."""
+    space = det200()
+    to_det: dict[str, int | None] = {}
+    for line in _read_resource("imagenet_to_det200.tsv").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        wnid, _words, det, *_ = line.split("\t")
+        to_det[wnid.strip().lower()] = None if det.strip() == "-" else space.index_of_wnid(det.strip())
+    return ClassMap(source="imagenet (WordNet 3.0)", to_det=to_det, index_to_name={})
 
 
 def identity_map() -> ClassMap:

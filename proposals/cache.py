@@ -14,10 +14,11 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-__all__ = ["ProposalCache", "settings_hash", "file_sha1", "CACHE_FORMAT"]
+__all__ = ["ProposalCache", "DatasetCache", "settings_hash", "file_sha1", "CACHE_FORMAT"]
 
 CACHE_FORMAT = 1
 
@@ -89,6 +90,70 @@ class ProposalCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class DatasetCache:
+    """The entries of one method/settings for a dataset's images, each kept with the image's *source*.
+
+    An image of a composite dataset (train = voc07_train + coco128 + fruit) is cached under its part's name and its
+    id there (``ImageRecord.source`` / ``source_id``), so every composite holding that part -- train, train_small,
+    breadth_train -- shares its entries; an image of a dataset read alone is cached under the dataset's name.
+    Entries written before this layout (under the composite's name) are found there and linked into place.
+
+    ``make(name)`` builds the cache of one source (default: a :class:`ProposalCache` of ``method``/``settings``).
+    """
+
+    def __init__(self, root: str | Path, dataset, method: str = "", settings: dict | None = None, *,
+                 make: Callable[[str], ProposalCache] | None = None):
+        self.name = dataset.name
+        self._make = make or (lambda ns: ProposalCache(root, ns, method, settings or {}))
+        self._caches: dict[str, ProposalCache] = {}
+
+    def slot(self, record) -> tuple[str, str]:
+        """``(source name, image id there)`` of a record."""
+        return (record.source or self.name, record.source_id or record.image_id)
+
+    def cache(self, name: str) -> ProposalCache:
+        if name not in self._caches:
+            self._caches[name] = self._make(name)
+        return self._caches[name]
+
+    def prepare(self, record) -> ProposalCache:
+        c = self.cache(self.slot(record)[0])
+        c.prepare()
+        return c
+
+    def load(self, record, image_sha1: str | None = None) -> dict | None:
+        ns, local = self.slot(record)
+        entry = self.cache(ns).load(local, image_sha1)
+        if entry is None and record.source:
+            legacy = self.cache(self.name)
+            old = legacy.path(record.image_id)
+            if old.exists() and legacy.dir != self.cache(ns).dir:
+                entry = legacy.load(record.image_id, image_sha1)
+                if entry is not None:
+                    self._adopt(old, ns, local)
+        return entry
+
+    def load_slot(self, slot: tuple[str, str], image_sha1: str | None = None) -> dict | None:
+        return self.cache(slot[0]).load(slot[1], image_sha1)
+
+    def save(self, record, entry: dict) -> None:
+        ns, local = self.slot(record)
+        c = self.cache(ns)
+        c.prepare()
+        c.save(local, entry)
+
+    def _adopt(self, old: Path, ns: str, local: str) -> None:
+        c = self.cache(ns)
+        c.prepare()
+        new = c.path(local)
+        try:
+            os.link(old, new)
+        except FileExistsError:
+            pass
+        except OSError:  # another filesystem: a copy, atomically
+            _atomic_bytes(new, old.read_bytes())
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:

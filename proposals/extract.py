@@ -20,7 +20,7 @@ from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
-from proposals.cache import ProposalCache, file_sha1
+from proposals.cache import DatasetCache, ProposalCache, file_sha1
 from proposals.selective_search import SelectiveSearchSettings, selective_search
 
 __all__ = ["ProposalSource", "SelectiveSearchSource", "ExtractStats", "extract_split"]
@@ -82,12 +82,14 @@ class ExtractStats:
 
 
 _worker_source: Callable | None = None
-_worker_cache: ProposalCache | None = None
+_worker_root: str | None = None
+_worker_caches: dict[str, ProposalCache] = {}
 
 
-def _init_worker(source, cache: ProposalCache, threads: int) -> None:
-    global _worker_source, _worker_cache
-    _worker_source, _worker_cache = source, cache
+def _init_worker(source, cache_root: str, threads: int) -> None:
+    global _worker_source, _worker_root
+    _worker_source, _worker_root = source, str(cache_root)
+    _worker_caches.clear()
     torch.set_num_threads(threads)
     try:
         import cv2
@@ -97,9 +99,12 @@ def _init_worker(source, cache: ProposalCache, threads: int) -> None:
         pass
 
 
-def _compute_one(item: tuple[str, str, str]) -> tuple[str, int, float, str | None]:
-    """Worker body: decode, run the source, save.  Returns (image id, boxes, seconds, error or None)."""
-    image_id, path, sha1 = item
+def _compute_one(item: tuple[str, str, str, str]) -> tuple[str, int, float, str | None]:
+    """Worker body: decode, run the source, save in the cache of the image's source (``item``: source name, image
+    id there, path, SHA-1).  Returns (image id, boxes, seconds, error or None)."""
+    ns, image_id, path, sha1 = item
+    if ns not in _worker_caches:
+        _worker_caches[ns] = ProposalCache(_worker_root, ns, _worker_source.method, _worker_source.settings)
     try:
         image = read_image_rgb(path)
     except ImageDecodeError as e:
@@ -111,7 +116,7 @@ def _compute_one(item: tuple[str, str, str]) -> tuple[str, int, float, str | Non
              "height": int(image.shape[0]), "seconds": float(dt)}
     if scores is not None:
         entry["scores"] = scores.float().contiguous()
-    _worker_cache.save(image_id, entry)
+    _worker_caches[ns].save(image_id, entry)
     return image_id, int(boxes.shape[0]), dt, None
 
 
@@ -126,8 +131,7 @@ def extract_split(dataset: DetectionDataset, source: ProposalSource, *, cache_ro
     Returns:
         This rank's :class:`ExtractStats`.
     """
-    cache = ProposalCache(cache_root, dataset.name, source.method, source.settings)
-    cache.prepare()
+    cache = DatasetCache(cache_root, dataset, source.method, source.settings)
     start = time.perf_counter()
     stats = ExtractStats()
     todo = []
@@ -137,22 +141,23 @@ def extract_split(dataset: DetectionDataset, source: ProposalSource, *, cache_ro
         except OSError as e:
             stats.skipped.append(f"{r.path}: cannot read ({e.strerror or e})")
             continue
-        if cache.load(r.image_id, sha1) is not None:
+        if cache.load(r, sha1) is not None:
             stats.cached += 1
         else:
-            todo.append((r.image_id, str(r.path), sha1))
+            cache.prepare(r)
+            todo.append((*cache.slot(r), str(r.path), sha1))
     bar = {} if progress else {"disable": True}
     desc = f"{source.method} {dataset.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
     with progress_bar(total=len(todo), desc=desc, unit="img", **bar) as pbar:
         if workers <= 1 or len(todo) <= 1:
-            _init_worker(source, cache, max(1, torch.get_num_threads()))
+            _init_worker(source, cache_root, max(1, torch.get_num_threads()))
             results = map(_compute_one, todo)
             _consume(results, stats, pbar)
         else:
             # spawn, not fork: a parent that has already run OpenCV (its thread pool) or torch deadlocks its forked
             # children (seen: tools/bench_proposals.py after an in-process selective search hung forever).
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(source, cache, threads_per_worker)) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(source, str(cache_root), threads_per_worker)) as pool:
                 _consume(pool.imap_unordered(_compute_one, todo, chunksize=1), stats, pbar)
     stats.wall = time.perf_counter() - start
     return stats

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from detection.data.records import DetectionDataset
-from proposals.cache import ProposalCache, file_sha1
+from proposals.cache import DatasetCache, file_sha1
 from proposals.extract import ExtractStats, SelectiveSearchSource, extract_split
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchSettings
@@ -174,8 +174,8 @@ class ProposalStage:
                     f"{m} {st.computed} computed / {st.cached} cached" for m, st in out.items()))
         return out
 
-    def _cache(self, dataset: DetectionDataset, src) -> ProposalCache:
-        return ProposalCache(self.cache_root, dataset.name, src.method, src.settings)
+    def _cache(self, dataset: DetectionDataset, src) -> DatasetCache:
+        return DatasetCache(self.cache_root, dataset, src.method, src.settings)
 
     def load(self, dataset: DetectionDataset, *, skip_missing: bool = False) -> list[dict | None]:
         """Per image: ``{"boxes", "source", "seconds"}`` (merged proposals, their source tags, compute time).
@@ -194,8 +194,8 @@ class ProposalStage:
                     out.append(None)
                     continue
                 raise RuntimeError(f"{r.path}: cannot read ({e.strerror or e})") from None
-            ss = ss_cache.load(r.image_id, sha)
-            mb = mb_cache.load(r.image_id, sha) if mb_cache is not None else None
+            ss = ss_cache.load(r, sha)
+            mb = mb_cache.load(r, sha) if mb_cache is not None else None
             if ss is None or (mb_cache is not None and mb is None):
                 if skip_missing:
                     out.append(None)

@@ -158,16 +158,16 @@ def test_heads_standardise_with_flip_symmetric_training_statistics(photos, tmp_p
 
 def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
     """A cache cut before blocks.5 serves a cut before blocks.6: the maps equal those computed from the image."""
-    from detection.training.finetune import cache_trunk_maps
+    from detection.training.finetune import cache_trunk_maps, trunk_cache
 
     ds, _ = photos
     bb = build_backbone("lite0", weights="imagenet")
     early = RegionEnsemble(cfg=_cfg(2), backbones=[bb]).eval()
     late = RegionEnsemble(cfg=_cfg(1), backbones=[bb]).eval()
     root = tmp_path / "c"
-    c2 = TrunkCache(root, ds.name, trunk_settings(early, backbone_weights="imagenet"))
+    c2 = trunk_cache(root, ds, trunk_settings(early, backbone_weights="imagenet"))
     cache_trunk_maps(ds, early, c2, positions=[0, 1], progress=False)
-    derived = TrunkCache(root, ds.name, trunk_settings(late, backbone_weights="imagenet"))
+    derived = trunk_cache(root, ds, trunk_settings(late, backbone_weights="imagenet"))
     for r in ds.records:  # the images are not decoded again: make them undecodable meanwhile (the cache checks
         r.path.rename(r.path.with_suffix(".bak"))  # the hash of the original bytes)
         r.path.write_bytes(b"")
@@ -182,10 +182,10 @@ def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
         for r in ds.records:
             r.path.with_suffix(".bak").replace(r.path)
     assert skipped == []  # nothing had to be decoded
-    direct = TrunkCache(tmp_path / "d", ds.name, trunk_settings(late, backbone_weights="imagenet"))
+    direct = trunk_cache(tmp_path / "d", ds, trunk_settings(late, backbone_weights="imagenet"))
     cache_trunk_maps(ds, late, direct, positions=[0, 1], progress=False)
     for r in ds.records:
-        a, b = derived.load(r.image_id), direct.load(r.image_id)
+        a, b = derived.load(r), direct.load(r)
         assert a["map"].shape == b["map"].shape and a["scale"] == b["scale"]
         torch.testing.assert_close(a["map"].float(), b["map"].float(), atol=0.05, rtol=0.02)
         torch.testing.assert_close(a["map_flip"].float(), b["map_flip"].float(), atol=0.05, rtol=0.02)

@@ -56,6 +56,7 @@ class DetectorConfig:
 class EvalMapConfig:
     dataset: Any = None
     data_root: Optional[str] = None
+    extra_root: Optional[str] = None
     cache_dir: Optional[str] = None
     workers: int = 2
     detections: Optional[str] = None
@@ -73,6 +74,7 @@ class TrainMultiBoxConfig:
     dataset: Any = None
     val_dataset: Any = None
     data_root: Optional[str] = None
+    extra_root: Optional[str] = None
     cache_dir: Optional[str] = None
     out_dir: str = "checkpoints/multibox"
     install: bool = False
@@ -84,6 +86,7 @@ class TrainMultiBoxConfig:
 class ProposalsToolConfig:
     dataset: Any = None
     data_root: Optional[str] = None
+    extra_root: Optional[str] = None
     cache_dir: Optional[str] = None
     workers: int = 2
     chunk_size: Optional[int] = None
@@ -95,6 +98,7 @@ class TrainClassifierConfig:
     dataset: Any = None
     val_dataset: Any = None
     data_root: Optional[str] = None
+    extra_root: Optional[str] = None
     cache_dir: Optional[str] = None
     workers: int = 2
     # false: train on the images whose proposals are cached already (the others are reported and left out)
@@ -178,9 +182,21 @@ def rewrite_argv(argv: list[str]) -> list[str]:
 
 
 def resolve_data_root(cfg: DictConfig) -> Path:
-    """Fill ``cfg.data_root`` ($DET_DATA_ROOT, else <project>/../shared/data) and say clearly when it is missing."""
+    """Fill ``cfg.data_root`` ($DET_DATA_ROOT, else <project>/../shared/data) and say clearly when it is missing.
+
+    A dataset that reads public data kept outside the project (``${extra_root}``: Tiny ImageNet and the COCO subsets
+    of docs/breadth.md) needs ``extra_root`` ($DET_EXTRA_ROOT); without it the tool stops here, saying so."""
     root = Path(cfg.data_root) if cfg.data_root else PROJECT_ROOT.parent / "shared" / "data"
     cfg.data_root = str(root)
+    if "extra_root" in cfg:
+        raw = " ".join(str(cfg.get(k)) for k in ("dataset", "val_dataset") if k in cfg)  # unresolved: shows ${..}
+        if "${extra_root}" in raw:
+            if not cfg.extra_root:
+                raise SystemExit("error: this dataset reads data kept outside the project (Tiny ImageNet, COCO "
+                                 "subsets): set extra_root=PATH or DET_EXTRA_ROOT to the folder holding them "
+                                 "(docs/breadth.md says what goes there)")
+            if not Path(cfg.extra_root).is_dir():
+                raise SystemExit(f"error: extra_root {cfg.extra_root} is not a folder (docs/breadth.md)")
     return root
 
 

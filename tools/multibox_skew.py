@@ -24,7 +24,7 @@ hs.register_schemas()
 
 
 def main() -> None:
-    from proposals.cache import ProposalCache, file_sha1
+    from proposals.cache import DatasetCache, file_sha1
     from proposals.coverage import best_iou
     from proposals.merge import merge_proposals
     from proposals.pipeline import ProposalStage
@@ -38,8 +38,8 @@ def main() -> None:
         ds = instantiate(cfg.dataset, _convert_="all")
         ps = hs.proposal_settings(cfg.proposals)
         stage = ProposalStage(ps, cache_root=hs.resolve_cache_dir(cfg) / "proposals")
-        ss_c = ProposalCache(stage.cache_root, ds.name, stage.ss.method, stage.ss.settings)
-        mb_c = ProposalCache(stage.cache_root, ds.name, stage.mb.method, stage.mb.settings)
+        ss_c = DatasetCache(stage.cache_root, ds, stage.ss.method, stage.ss.settings)
+        mb_c = DatasetCache(stage.cache_root, ds, stage.mb.method, stage.mb.settings)
         groups: dict[str, dict] = {}
         for r in ds.records:
             if len(r.boxes) == 0:
@@ -50,7 +50,7 @@ def main() -> None:
                                                               "n_img": 0, "mb_good": 0, "mb_all": 0})
             hits = g["hits"]
             sha = file_sha1(r.path)
-            ss, mb = ss_c.load(r.image_id, sha), mb_c.load(r.image_id, sha)
+            ss, mb = ss_c.load(r, sha), mb_c.load(r, sha)
             if ss is None or mb is None:
                 continue
             mb_only, _ = merge_proposals(ss_boxes=torch.zeros(0, 4), mb_boxes=mb["boxes"], mb_scores=mb["scores"],

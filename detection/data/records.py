@@ -14,7 +14,8 @@ from torch import Tensor
 from detection.boxes import as_boxes
 from detection.data.image_io import read_image_rgb
 
-__all__ = ["ImageRecord", "ScanReport", "DetectionDataset", "concat_datasets", "sanitize_boxes", "SkipImage"]
+__all__ = ["ImageRecord", "ScanReport", "DetectionDataset", "concat_datasets", "sanitize_boxes", "SkipImage",
+           "set_exhaustive"]
 
 
 @dataclass
@@ -28,6 +29,12 @@ class ImageRecord:
         labels: ``Tensor[N]`` int64 DET-200 indices in 1..200.
         difficult: ``Tensor[N]`` bool; ignored by the VOC protocol, ordinary boxes for ILSVRC.
         image_id: a name unique within its dataset (e.g. ``"voc100/2007_000027"``).
+        exhaustive: every object of the label space in the image is boxed (VOC, COCO, ILSVRC DET val), so what
+            is not boxed is background.  ``False`` for sources that box one object per photo (ImageNet's
+            classification/localisation images, Tiny ImageNet): training takes only positives from them (R-CNN).
+        source, source_id: in a composite, the part the image comes from and its id there (set by
+            :func:`concat_datasets`; empty for a dataset read alone).  Caches are kept per source
+            (:class:`proposals.cache.DatasetCache`), so every composite holding a part shares its entries.
     """
 
     path: Path
@@ -37,6 +44,9 @@ class ImageRecord:
     labels: Tensor
     difficult: Tensor
     image_id: str
+    exhaustive: bool = True
+    source: str = ""
+    source_id: str = ""
 
     def __post_init__(self) -> None:
         self.boxes = as_boxes(self.boxes)
@@ -63,7 +73,8 @@ class SkipImage(Exception):
 
 
 # Which report kinds drop something (an image or a box) and which only note a repair.
-_DROPS_IMAGE = {"unreadable_image", "bad_annotation", "missing_image"}
+_DROPS_IMAGE = {"unreadable_image", "bad_annotation", "missing_image", "unmapped_synset", "no_boxes",
+                "duplicate_image", "held_out_image", "conflicting_duplicate", "placeholder_boxes"}
 _DROPS_BOX = {"box_inverted", "box_zero_area", "box_outside", "box_nonfinite", "unknown_class",
               "detection_unknown_image", "detection_unknown_class", "detection_unmapped_class",
               "orphan_label_file"}
@@ -216,24 +227,68 @@ class DetectionDataset(torch.utils.data.Dataset):
         return c
 
     def summary(self) -> str:
+        partial = sum(not r.exhaustive for r in self.records)
         head = (f"{self.name}: {len(self)} images, {self.num_boxes} boxes in {len(self.class_counts())} DET classes"
-                f" ({self.report.images_skipped} images skipped, {self.report.boxes_dropped} boxes dropped)")
+                f" ({self.report.images_skipped} images skipped, {self.report.boxes_dropped} boxes dropped)"
+                + (f"; {partial} images not exhaustively annotated (positives only)" if partial else ""))
         return head + "\n" + self.report.summary()
 
     def __repr__(self) -> str:
         return f"DetectionDataset({self.name!r}, {len(self)} images, {self.num_boxes} boxes)"
 
 
-def concat_datasets(*parts: DetectionDataset, name: str | None = None) -> DetectionDataset:
-    """Composite dataset (e.g. train = voc07/train + coco128 + fruit); image ids are prefixed to stay unique."""
+def _file_key(r: ImageRecord) -> tuple[int, str]:
+    """Size and SHA-1 of the bytes: the same photo, whatever its name (two public subsets of COCO share files;
+    Tiny ImageNet stores some photos under two classes)."""
+    import hashlib
+
+    try:
+        data = Path(r.path).read_bytes()
+    except OSError:
+        return (-1, str(r.path))
+    return (len(data), hashlib.sha1(data).hexdigest())
+
+
+def set_exhaustive(dataset: DetectionDataset, exhaustive: bool = False) -> DetectionDataset:
+    """The same dataset with every record's ``exhaustive`` flag set (a per-source flag: see :class:`ImageRecord`)."""
+    records = [ImageRecord(r.path, r.width, r.height, r.boxes, r.labels, r.difficult, r.image_id, bool(exhaustive),
+                           r.source, r.source_id) for r in dataset.records]
+    return DetectionDataset(dataset.name, records, dataset.report, blacklist=dataset.blacklist,
+                            image_indices=dataset.image_indices)
+
+
+def concat_datasets(*parts: DetectionDataset, name: str | None = None, dedupe: bool = False,
+                    exclude: DetectionDataset | Sequence[DetectionDataset] | None = None) -> DetectionDataset:
+    """Composite dataset (e.g. train = voc07/train + coco128 + fruit); image ids are prefixed to stay unique.
+
+    ``dedupe``: a photo that an earlier part already holds (the same bytes; e.g. the same COCO image in two public
+    subsets) is left out and counted as ``duplicate_image``.  ``exclude``: photos of these datasets (a
+    held-out split) are left out and counted as ``held_out_image`` -- training never sees an evaluation photo.
+    """
     records, report, blacklist = [], ScanReport(), set()
+    held = set()
+    for ex in ([exclude] if isinstance(exclude, DetectionDataset) else list(exclude or [])):
+        held |= {_file_key(r) for r in ex.records}
+    seen: dict[tuple[str, int], str] = {}
     for part in parts:
         offset = len(records)
-        for r in part.records:
+        new_pos = {}
+        for i, r in enumerate(part.records):
             rid = r.image_id if r.image_id.startswith(part.name + "/") else f"{part.name}/{r.image_id}"
-            records.append(ImageRecord(r.path, r.width, r.height, r.boxes, r.labels, r.difficult, rid))
+            if held or dedupe:
+                key = _file_key(r)
+                if key in held:
+                    report.add("held_out_image", r.path, "the same photo is in the held-out split")
+                    continue
+                if dedupe and key in seen:
+                    report.add("duplicate_image", r.path, f"the same photo as {seen[key]}")
+                    continue
+                seen[key] = rid
+            new_pos[i] = len(records) - offset
+            records.append(ImageRecord(r.path, r.width, r.height, r.boxes, r.labels, r.difficult, rid, r.exhaustive,
+                                       r.source or part.name, r.source_id or r.image_id))
         report.merge(part.report)
-        blacklist |= {(offset + i, c) for i, c in part.blacklist}
+        blacklist |= {(offset + new_pos[i], c) for i, c in part.blacklist if i in new_pos}
     ids = [r.image_id for r in records]
     if len(set(ids)) != len(ids):
         dup = [k for k, v in Counter(ids).items() if v > 1][:3]

@@ -9,17 +9,19 @@ from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_size
 from detection.data.records import ImageRecord, ScanReport, SkipImage, sanitize_boxes
-from detection.labels import ClassMap, coco80_map, identity_map, voc20_map
+from detection.labels import ClassMap, coco80_map, identity_map, imagenet_map, voc20_map
 
 __all__ = ["resolve_class_map", "scan", "build_record", "image_size_or_skip"]
 
 T = TypeVar("T")
 
-_MAPS: dict[str, Callable[[], ClassMap]] = {"voc20": voc20_map, "coco80": coco80_map, "det200": identity_map}
+_MAPS: dict[str, Callable[[], ClassMap]] = {"voc20": voc20_map, "coco80": coco80_map, "det200": identity_map,
+                                            "imagenet": imagenet_map}
 
 
 def resolve_class_map(spec: str | ClassMap) -> ClassMap:
-    """``"voc20"``, ``"coco80"`` or ``"det200"`` (names/wnids already in DET-200) -> :class:`ClassMap`."""
+    """``"voc20"``, ``"coco80"``, ``"det200"`` (names/wnids already in DET-200) or ``"imagenet"`` (ImageNet wnids by
+    the WordNet hierarchy) -> :class:`ClassMap`."""
     if isinstance(spec, ClassMap):
         return spec
     try:

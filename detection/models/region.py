@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ class RegionConfig:
     context_padding: int = 16  # pixels of context around a box at crop_size (R-CNN: 16 at 224)
     image_size: int = 600  # roi: the image's shorter side is resized to this ...
     max_image_size: int = 1000  # ... unless its longer side would pass this
+    # roi: enlarge an image at most this many times (None: no limit).  A 64 px Tiny ImageNet photo is then seen at
+    # the size of an object in a photo (e.g. 4: 256 px), not blown up to 600 px; photos of 150 px and more are
+    # unaffected at image_size 600
+    max_upscale: Optional[float] = None
     roi_size: int = 2  # roi: RoIAlign grid on the pooled map (frozen features; the heads are MLPs on them)
     roi_layer: str = "last"  # roi: pool the last map ("last") or the map before the last block ("stem")
     standardize: bool = False  # roi: heads standardise their input with the training features' mean and std
@@ -241,8 +246,10 @@ class RegionEnsemble(nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def image_scale(self, width: int, height: int) -> float:
-        """roi mode: the factor that brings the shorter side to ``image_size`` (longer side at most ``max_image_size``)."""
-        return min(self.cfg.image_size / min(width, height), self.cfg.max_image_size / max(width, height))
+        """roi mode: the factor that brings the shorter side to ``image_size`` (longer side at most ``max_image_size``,
+        enlargement at most ``max_upscale``)."""
+        s = min(self.cfg.image_size / min(width, height), self.cfg.max_image_size / max(width, height))
+        return min(s, float(self.cfg.max_upscale)) if self.cfg.max_upscale else s
 
     def prepare_image(self, image_rgb: np.ndarray) -> tuple[Tensor, float]:
         """``uint8[H, W, 3]`` -> (normalised ``[3, h, w]`` on the module's device, scale).  roi mode resizes

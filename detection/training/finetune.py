@@ -8,7 +8,10 @@ map the heads pool from, and only the heads train.
 
 Mini-batches are image-centric (Fast R-CNN): ``images_per_batch`` images, each giving every member
 ``rois_per_batch / images_per_batch`` RoIs at R-CNN's 1:3 positive:background ratio (``fg_fraction``), drawn from the
-image's proposals (the detector's own: selective search + MultiBox) with the ground truth added as positives.  The
+image's proposals (the detector's own: selective search + MultiBox) with the ground truth added as positives.
+Images not exhaustively annotated (``ImageRecord.exhaustive`` False: one object boxed per photo, as in ImageNet's
+classification images) give positives only, R-CNN's rule; they are spread evenly through each epoch
+(:func:`epoch_order`) and the batch's exhaustive images draw the background they do not, keeping 1:3.  The
 six members share the fine-tuned stages and own their heads: each member draws its own RoIs (its seed; odd members
 draw background only from near misses, IoU in [0.1, 0.5)), and the shared stages learn from the sum of the members'
 losses.  BatchNorm is frozen (statistics and affine parameters: timm's ``freeze_batch_norm_2d``, the
@@ -35,9 +38,10 @@ from detection.models.region import RegionEnsemble, roi_pool, split_stem
 from detection.training.loop import MemberRun
 from detection.training.roi import MemberSettings, member_bg_iou_low
 from detection.training.sampler import label_proposals, sample_indices
-from proposals.cache import ProposalCache, file_sha1
+from proposals.cache import DatasetCache, ProposalCache, file_sha1
 
-__all__ = ["TrunkCache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws"]
+__all__ = ["TrunkCache", "trunk_cache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
+           "epoch_order", "batch_draws"]
 
 
 def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
@@ -80,8 +84,20 @@ def _source_cache(cache: TrunkCache) -> tuple[TrunkCache, int] | None:
     return best
 
 
+def _scale_matches(model: RegionEnsemble, entry: dict) -> bool:
+    """A cached map was computed at the scale the model takes the image at now (``max_upscale`` changes it for
+    small images only, so it is checked per image rather than keyed)."""
+    want = model.image_scale(entry["width"], entry["height"])
+    return abs(float(entry["scale"]) - want) <= 1e-6 * want
+
+
 @torch.inference_mode()
-def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: TrunkCache, *,
+def trunk_cache(root: str | Path, dataset: DetectionDataset, settings: dict) -> DatasetCache:
+    """The trunk maps of ``dataset``'s images, each kept with its source (:class:`DatasetCache`)."""
+    return DatasetCache(root, dataset, make=lambda ns: TrunkCache(root, ns, settings))
+
+
+def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: DatasetCache, *,
                      positions: list[int], rank: int = 0, world_size: int = 1, progress: bool = True
                      ) -> list[str]:
     """Compute the frozen part's maps of ``dataset.records[positions]`` (this rank's share, ``rank::world_size``)
@@ -92,17 +108,23 @@ def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: Tr
 
     frozen, _, _ = split_stem(model.backbones[0], model.cfg.trainable_stages)
     frozen.eval()
-    cache.prepare()
-    source = _source_cache(cache)
-    bridge = nn.Sequential(*list(frozen.children())[source[1]:]) if source else None
+    sources: dict[str, tuple] = {}  # per image source: an earlier cut's cache and the layers in between
     skipped = []
     mine = positions[rank::world_size]
     for p in progress_bar(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
         r = dataset.records[p]
         sha = file_sha1(r.path)
-        if cache.load(r.image_id, sha) is not None:
+        have = cache.load(r, sha)
+        if have is not None and _scale_matches(model, have):
             continue
-        src = source[0].load(r.image_id, sha) if source else None
+        ns, local = cache.slot(r)
+        if ns not in sources:
+            found = _source_cache(cache.prepare(r))
+            sources[ns] = (found[0], nn.Sequential(*list(frozen.children())[found[1]:])) if found else (None, None)
+        source, bridge = sources[ns]
+        src = source.load(local, sha) if source is not None else None
+        if src is not None and not _scale_matches(model, src):
+            src = None
         if src is not None:
             both = bridge(torch.stack([src["map"], src["map_flip"]]).float())
             meta = {k: src[k] for k in ("scale", "width", "height")}
@@ -115,8 +137,8 @@ def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: Tr
             x, scale = model.prepare_image(img)
             both = frozen(torch.stack([x, x.flip(-1)]))
             meta = {"scale": float(scale), "width": int(img.shape[1]), "height": int(img.shape[0])}
-        cache.save(r.image_id, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
-                                **meta, "image_sha1": sha})
+        cache.save(r, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
+                       **meta, "image_sha1": sha})
     return skipped
 
 
@@ -173,6 +195,31 @@ def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: 
     return pool, picks
 
 
+def batch_draws(batch: list[dict], *, members: int, per_image: int, fg: int, gen: torch.Generator
+                ) -> list[tuple[Tensor, list[Tensor]]]:
+    """:func:`member_draws` for each image of a mini-batch (items with ``labels``, ``max_iou``, ``exhaustive``):
+    ``fg`` positives and ``per_image - fg`` background per image; a positives-only image gives no background, and
+    the batch's exhaustive images draw its share instead, so the batch keeps R-CNN's 1:3."""
+    n_exh = sum(it.get("exhaustive", True) for it in batch)
+    bg = round((per_image - fg) * len(batch) / max(1, n_exh))
+    return [member_draws(it["labels"], it["max_iou"], members=members, fg=fg,
+                         bg=bg if it.get("exhaustive", True) else 0, gen=gen) for it in batch]
+
+
+def epoch_order(items: list[dict], gen: torch.Generator) -> list[int]:
+    """A random order of ``items`` in which the positives-only images (``exhaustive`` False) are spread evenly
+    among the others, so consecutive mini-batches mix them and each keeps background to learn from.  With every
+    image exhaustive it is ``randperm``."""
+    perm = torch.randperm(len(items), generator=gen).tolist()
+    full = [i for i in perm if items[i].get("exhaustive", True)]
+    part = [i for i in perm if not items[i].get("exhaustive", True)]
+    if not part or not full:
+        return perm
+    keyed = [((k + 0.5) / len(full), 0, i) for k, i in enumerate(full)] + \
+            [((k + 0.5) / len(part), 1, i) for k, i in enumerate(part)]
+    return [i for _, _, i in sorted(keyed)]
+
+
 def _feature_stats(net: FineTuneNet, cache: TrunkCache, items: list[dict], *, rois_per_image: int,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
@@ -180,7 +227,7 @@ def _feature_stats(net: FineTuneNet, cache: TrunkCache, items: list[dict], *, ro
     feats = []
     with torch.no_grad():
         for it in items[:64]:
-            e = cache.load(it["image_id"])
+            e = cache.load_slot(it["slot"])
             idx = sample_indices(it["labels"], it["max_iou"], num=rois_per_image, fg_fraction=0.25, generator=gen)
             x = net.stages(e["map"].float()[None])
             feats.append(roi_pool(x, it["rois"][idx], roi_size=net.roi_size))
@@ -207,7 +254,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
 
     cfg = model.cfg
     t0 = time.perf_counter()
-    cache = TrunkCache(Path(cache_root) / "trunk_maps", dataset.name, trunk_settings(model, backbone_weights=backbone_weights))
+    cache = trunk_cache(Path(cache_root) / "trunk_maps", dataset, trunk_settings(model, backbone_weights=backbone_weights))
     skipped = [f"{r.path}: no proposals" for r, p in zip(dataset.records, proposals) if p is None]
     positions = [i for i, p in enumerate(proposals) if p is not None]
     skipped += cache_trunk_maps(dataset, model, cache, positions=positions, rank=rank, world_size=world_size,
@@ -221,16 +268,18 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     reported = {s.split(": ", 1)[0] for s in skipped}  # every message starts "<path>: "
     for i in positions:
         r = dataset.records[i]
-        e = cache.load(r.image_id)
+        e = cache.load(r)
         if e is None:
             if str(r.path) not in reported:
                 skipped.append(f"{r.path}: no trunk map")
             continue
-        boxes, labels, max_iou = label_proposals(proposals[i], r.boxes, r.labels, fg_iou=settings.fg_iou)
+        boxes, labels, max_iou = label_proposals(proposals[i], r.boxes, r.labels, fg_iou=settings.fg_iou,
+                                                 exhaustive=r.exhaustive)
         if not (labels > 0).any():
             no_pos += 1
             continue  # an image without positives teaches background only: R-CNN's batches need its positives
-        items.append({"image_id": r.image_id, "boxes": boxes, "labels": labels, "max_iou": max_iou,
+        items.append({"image_id": r.image_id, "slot": cache.slot(r), "exhaustive": r.exhaustive, "boxes": boxes, "labels": labels,
+                      "max_iou": max_iou,
                       "rois": model.rois(boxes, scale=e["scale"]).cpu(),
                       "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
     for s in skipped[:5]:
@@ -241,9 +290,11 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     if not items:
         raise RuntimeError(f"{dataset.name}: no training image with positives")
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
+    partial = sum(not it["exhaustive"] for it in items)
     log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items)} images of "
-        f"{dataset.name} ({len(skipped)} images skipped, {no_pos} without objects left out); trunk maps cached "
-        f"in {t_cache:.0f} s")
+        f"{dataset.name} ({len(skipped)} images skipped, {no_pos} without objects left out"
+        + (f"; {partial} not exhaustively annotated give positives only" if partial else "")
+        + f"); trunk maps cached in {t_cache:.0f} s")
     n_img = settings.images_per_batch
     per_image = settings.rois_per_batch // n_img
     steps = math.ceil(len(items) / n_img)
@@ -279,7 +330,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     for epoch in range(run.start_epoch, settings.epochs):
         gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout: a resumed epoch draws what it would have
-        order = torch.randperm(len(items), generator=gen).tolist()
+        order = epoch_order(items, gen)
         net.train()
         net.stages.eval()  # frozen BatchNorm (and no dropout in the stages): the trunk always runs in eval mode
         for s in progress_bar(range(steps), desc=f"fine-tune epoch {epoch + 1}/{settings.epochs}", unit="step",
@@ -287,12 +338,11 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             batch = [order[(s * n_img + j) % len(order)] for j in range(n_img)]
             flips = (torch.rand(n_img, generator=gen) < 0.5) & settings.flip
             # every member's draws for every image of the batch, from the one epoch generator: rank-independent
-            draws = [member_draws(items[b]["labels"], items[b]["max_iou"], members=M, fg=n_fg,
-                                  bg=per_image - n_fg, gen=gen) for b in batch]
+            draws = batch_draws([items[b] for b in batch], members=M, per_image=per_image, fg=n_fg, gen=gen)
             loss = torch.zeros(())
             logits_all, targets_all = [], []
             for j in range(rank, n_img, world_size):
-                it, e = items[batch[j]], cache.load(items[batch[j]]["image_id"])
+                it, e = items[batch[j]], cache.load_slot(items[batch[j]]["slot"])
                 fmap = (e["map_flip"] if flips[j] else e["map"]).float()[None]
                 rois = it["rois_flip"] if flips[j] else it["rois"]
                 pool, picks = draws[j]

@@ -40,15 +40,16 @@ def labelled_images(records: Sequence[ImageRecord], proposals: Sequence[Tensor |
         except ImageDecodeError as e:
             skipped.append(str(e))
             continue
-        yield (start + j, r, img, *label_proposals(props, r.boxes, r.labels, fg_iou=fg_iou))
+        yield (start + j, r, img, *label_proposals(props, r.boxes, r.labels, fg_iou=fg_iou, exhaustive=r.exhaustive))
 
 
 def label_proposals(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, fg_iou: float = 0.5,
-                    add_gt: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                    add_gt: bool = True, exhaustive: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Label each proposal with the class of its best-overlapping ground truth, or 0 (background).
 
     Returns ``(boxes [P', 4], labels [P'] int64, max_iou [P'])``; with ``add_gt`` the ground-truth boxes come first
-    (IoU 1 with themselves).
+    (IoU 1 with themselves).  ``exhaustive=False`` (an image whose other objects are not boxed): only the positives
+    are returned -- what is not boxed there may be an object, so no background is drawn from it (R-CNN).
     """
     boxes = proposals.float().reshape(-1, 4)
     gt_boxes = gt_boxes.float().reshape(-1, 4)
@@ -61,6 +62,9 @@ def label_proposals(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, f
         max_iou, arg = iou.max(1)
         fg = max_iou >= fg_iou
         labels[fg] = gt_labels.long()[arg[fg]]
+    if not exhaustive:
+        keep = labels > 0
+        return boxes[keep], labels[keep], max_iou[keep]
     return boxes, labels, max_iou
 
 

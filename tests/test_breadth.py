@@ -275,3 +275,19 @@ def test_breadth_presets_need_extra_root_and_read_it(tiny, monkeypatch):
     _, b = _compose("eval_map", ["dataset=breadth_coco_val", "extra_root=/x"])
     ex = OmegaConf.to_container(a.dataset.exclude, resolve=True)
     assert ex == OmegaConf.to_container(b.dataset, resolve=True)
+
+
+def test_jittered_positives_overlap_their_object_and_repeat_by_seed():
+    from torchvision.ops import box_iou
+
+    from detection.training.sampler import jittered_positives
+
+    gt = torch.tensor([[0.0, 0, 64, 64], [10, 5, 40, 60]])
+    b = jittered_positives(gt, width=64, height=64, n=32, seed="a")
+    assert b.shape == (64, 4)
+    iou = box_iou(b, gt).max(1).values
+    assert bool((iou >= 0.5).all()) and float(iou.mean()) < 0.95  # varied, not copies of the object
+    assert bool((b >= 0).all()) and bool((b <= 64).all())
+    assert torch.equal(b, jittered_positives(gt, width=64, height=64, n=32, seed="a"))
+    assert not torch.equal(b, jittered_positives(gt, width=64, height=64, n=32, seed="b"))
+    assert jittered_positives(torch.zeros(0, 4), width=64, height=64).shape == (0, 4)

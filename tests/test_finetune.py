@@ -204,3 +204,24 @@ def test_warm_start_takes_the_given_heads_and_their_statistics(photos, tmp_path)
     assert any("warm start" in m for m in msgs)
     for a, b in zip(src.heads.state_dict().values(), model.heads.state_dict().values()):
         torch.testing.assert_close(a, b)  # lr 0: the heads are exactly the ones given, statistics included
+
+
+def test_a_positives_only_photo_trains_with_the_others_and_gives_no_background(photos, tmp_path):
+    """A photo not exhaustively annotated joins training with its positives only: the run logs it, and its labelled
+    RoIs hold no background while the exhaustive photo's do."""
+    from detection.data.records import set_exhaustive
+    from detection.training.sampler import jittered_positives, label_proposals
+
+    ds, props = photos
+    ds = DetectionDataset("mix", [ds.records[0], set_exhaustive(DetectionDataset("p", [ds.records[1]]))[0]])
+    r1 = ds.records[1]
+    props = [props[0], jittered_positives(r1.boxes, width=r1.width, height=r1.height, n=16, seed=r1.image_id)]
+    _, lab, _ = label_proposals(props[1], r1.boxes, r1.labels, exhaustive=r1.exhaustive)
+    assert len(lab) > 8 and bool((lab > 0).all())
+    model = RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    settings = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=2, lr=1e-3)
+    lines = []
+    rec = train_finetuned(model, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                          progress=False, log=lines.append)
+    assert rec["images"] == 2
+    assert any("1 not exhaustively annotated give positives only" in s for s in lines)

@@ -90,6 +90,7 @@ class ProposalsToolConfig:
     cache_dir: Optional[str] = None
     workers: int = 2
     chunk_size: Optional[int] = None
+    exhaustive_only: bool = False
     proposals: ProposalSettings = field(default_factory=ProposalSettings)
 
 
@@ -105,6 +106,8 @@ class TrainClassifierConfig:
     extract: bool = True
     # roi mode: start the heads from a trained ensemble's ('default': the embedded model); null: fresh heads
     init_heads: Optional[str] = None
+    # photos not exhaustively annotated (positives only): 'jitter' (boxes around the object) or 'proposals'
+    positives_only_boxes: str = "jitter"
     out_dir: str = "checkpoints/classifier"
     install: bool = False
     # train only these members (e.g. [0, 1]); null: all of model.members

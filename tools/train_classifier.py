@@ -47,15 +47,35 @@ def main(cfg: DictConfig) -> None:
     mset = MemberSettings(**OmegaConf.to_container(cfg.train))
     psettings = hs.proposal_settings(cfg.proposals)
 
-    # 1. proposals (cached; each rank extracts its shard, then everyone reads the whole cache)
+    # 1. proposals (cached; each rank extracts its shard, then everyone reads the whole cache).  Photos that are not
+    # exhaustively annotated give positives only: with positives_only_boxes=jitter they get boxes around their
+    # object instead of proposals (no selective search / MultiBox on thousands of single-object photos)
     stage = ProposalStage(psettings, cache_root=cache / "proposals")
+    jitter = cfg.positives_only_boxes == "jitter"
+    if cfg.positives_only_boxes not in ("jitter", "proposals"):
+        sys.exit(f"error: positives_only_boxes must be 'jitter' or 'proposals', got {cfg.positives_only_boxes!r}")
+    with_props = [i for i, r in enumerate(dataset.records) if r.exhaustive or not jitter]
+    sub = dataset if len(with_props) == len(dataset) else DetectionDataset(
+        dataset.name, [dataset.records[i] for i in with_props])
     if cfg.extract:
-        for method, st in stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world,
+        for method, st in stage.extract(sub, workers=cfg.workers, rank=rank, world_size=world,
                                         progress=rank == 0).items():
             log(st.summary(f"{method} on {dataset.name}" + (f" (rank 0 of {world})" if world > 1 else "")))
     hs.barrier(world)
-    loaded = stage.load(dataset, skip_missing=True)
-    proposals = [p["boxes"] if p is not None else None for p in loaded]
+    loaded = stage.load(sub, skip_missing=True)
+    proposals: list = [None] * len(dataset)
+    for i, p in zip(with_props, loaded):
+        proposals[i] = p["boxes"] if p is not None else None
+    if jitter:
+        from detection.training.sampler import jittered_positives
+
+        n_jit = 0
+        for i, r in enumerate(dataset.records):
+            if not r.exhaustive:
+                proposals[i] = jittered_positives(r.boxes, width=r.width, height=r.height, n=32, seed=r.image_id)
+                n_jit += 1
+        if n_jit:
+            log(f"{n_jit} photos not exhaustively annotated: positives only, from 32 boxes jittered around each object")
     if not cfg.extract:
         log(f"extract=false: {sum(p is not None for p in proposals)} of {len(dataset)} images have cached "
             f"proposals; the others are left out")

@@ -17,7 +17,7 @@ from torchvision.ops import box_iou
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import ImageRecord
 
-__all__ = ["label_proposals", "sample_indices", "labelled_images"]
+__all__ = ["label_proposals", "sample_indices", "labelled_images", "jittered_positives"]
 
 
 def labelled_images(records: Sequence[ImageRecord], proposals: Sequence[Tensor | None], *, fg_iou: float = 0.5,
@@ -81,3 +81,37 @@ def sample_indices(labels: Tensor, max_iou: Tensor, *, num: int, fg_fraction: fl
     pick_fg = fg[torch.randperm(len(fg), generator=generator)[:n_fg]]
     pick_bg = bg[torch.randperm(len(bg), generator=generator)[:n_bg]]
     return torch.cat([pick_fg, pick_bg])
+
+
+def jittered_positives(gt_boxes: Tensor, *, width: int, height: int, n: int = 32, min_iou: float = 0.5,
+                       seed: str | int = 0) -> Tensor:
+    """Up to ``n`` boxes per ground-truth box overlapping it by IoU >= ``min_iou`` (centre shifted by up to a quarter
+    of its size, each side scaled by 0.7-1.4, clipped to the image), the same for the same ``seed``.
+
+    The positives of a photo that is not exhaustively annotated (one object boxed, e.g. Tiny ImageNet), where only
+    positives are taken: what proposals overlapping the object by >= 0.5 would give, without running selective
+    search and MultiBox on thousands of single-object photos.  ``Tensor[M, 4]`` xyxy pixels.
+    """
+    import hashlib
+
+    gt = gt_boxes.float().reshape(-1, 4)
+    if not len(gt) or n <= 0:
+        return torch.zeros(0, 4)
+    gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha1(str(seed).encode()).digest()[:8], "little") >> 1)
+    out = []
+    for b in gt:
+        w, h = (b[2] - b[0]).clamp_min(1.0), (b[3] - b[1]).clamp_min(1.0)
+        k = 4 * n
+        r = torch.rand(k, 4, generator=gen)
+        cx = (b[0] + b[2]) / 2 + (r[:, 0] - 0.5) * 0.5 * w
+        cy = (b[1] + b[3]) / 2 + (r[:, 1] - 0.5) * 0.5 * h
+        bw = w * torch.exp((r[:, 2] * 2 - 1) * 0.35)  # 0.70-1.42
+        bh = h * torch.exp((r[:, 3] * 2 - 1) * 0.35)
+        cand = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+        cand[:, 0::2] = cand[:, 0::2].clamp(0, width)
+        cand[:, 1::2] = cand[:, 1::2].clamp(0, height)
+        ok = ((cand[:, 2] - cand[:, 0]) >= 1) & ((cand[:, 3] - cand[:, 1]) >= 1)
+        cand = cand[ok]
+        iou = box_iou(cand, b[None])[:, 0]
+        out.append(cand[iou >= min_iou][:n])
+    return torch.cat(out)

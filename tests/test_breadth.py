@@ -291,3 +291,21 @@ def test_jittered_positives_overlap_their_object_and_repeat_by_seed():
     assert torch.equal(b, jittered_positives(gt, width=64, height=64, n=32, seed="a"))
     assert not torch.equal(b, jittered_positives(gt, width=64, height=64, n=32, seed="b"))
     assert jittered_positives(torch.zeros(0, 4), width=64, height=64).shape == (0, 4)
+
+
+def test_dataset_stats_counts_classes_per_source(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from dataset_stats import split_stats
+
+    a = DetectionDataset("a", [_rec(tmp_path / f"{k}.jpg", str(k), label=1) for k in range(3)])
+    b = set_exhaustive(DetectionDataset("b", [_rec(tmp_path / f"b{k}.jpg", str(k), label=2 + k % 2)
+                                              for k in range(4)]), False)
+    st = split_stats(concat_datasets(a, b, name="ab"), min_boxes=2)
+    names = det200().names
+    assert st["images"] == 7 and st["positives_only"] == 4 and st["classes"] == 3
+    assert st["enough"] == sorted([names[1], names[2], names[3]], key=str.lower)
+    assert st["sources"]["a"] == {"images": 3, "boxes": 3, "positives_only": 0, "classes": 1, "classes_with_2_boxes": 1}
+    assert st["sources"]["b"]["positives_only"] == 4 and st["sources"]["b"]["classes_with_2_boxes"] == 2
+    assert split_stats(a, min_boxes=4)["classes_with_4_boxes"] == 0

@@ -148,11 +148,13 @@ class DatasetCache:
         c = self.cache(ns)
         c.prepare()
         new = c.path(local)
-        try:
-            os.link(old, new)
-        except FileExistsError:
-            pass
+        tmp = c.dir / f".tmp-link-{os.getpid()}-{new.name}"
+        try:  # a link under a temporary name, then renamed over: replaces a stale or damaged entry
+            tmp.unlink(missing_ok=True)
+            os.link(old, tmp)
+            os.replace(tmp, new)
         except OSError:  # another filesystem: a copy, atomically
+            tmp.unlink(missing_ok=True)
             _atomic_bytes(new, old.read_bytes())
 
 

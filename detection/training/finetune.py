@@ -91,12 +91,12 @@ def _scale_matches(model: RegionEnsemble, entry: dict) -> bool:
     return abs(float(entry["scale"]) - want) <= 1e-6 * want
 
 
-@torch.inference_mode()
 def trunk_cache(root: str | Path, dataset: DetectionDataset, settings: dict) -> DatasetCache:
     """The trunk maps of ``dataset``'s images, each kept with its source (:class:`DatasetCache`)."""
     return DatasetCache(root, dataset, make=lambda ns: TrunkCache(root, ns, settings))
 
 
+@torch.inference_mode()
 def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: DatasetCache, *,
                      positions: list[int], rank: int = 0, world_size: int = 1, progress: bool = True
                      ) -> list[str]:
@@ -268,7 +268,10 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     reported = {s.split(": ", 1)[0] for s in skipped}  # every message starts "<path>: "
     for i in positions:
         r = dataset.records[i]
-        e = cache.load(r)
+        try:
+            e = cache.load(r, file_sha1(r.path))
+        except OSError:
+            e = None
         if e is None:
             if str(r.path) not in reported:
                 skipped.append(f"{r.path}: no trunk map")
@@ -339,21 +342,23 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             flips = (torch.rand(n_img, generator=gen) < 0.5) & settings.flip
             # every member's draws for every image of the batch, from the one epoch generator: rank-independent
             draws = batch_draws([items[b] for b in batch], members=M, per_image=per_image, fg=n_fg, gen=gen)
+            # every RoI of the batch weighs the same in each member's loss (Fast R-CNN's mean over the mini-batch),
+            # however the RoIs fall on images and ranks: each rank sums its share, DDP's gradient mean is x world
+            totals = [max(1, sum(len(d[1][m]) for d in draws)) for m in range(M)]
             loss = torch.zeros(())
             logits_all, targets_all = [], []
             for j in range(rank, n_img, world_size):
                 it, e = items[batch[j]], cache.load_slot(items[batch[j]]["slot"])
-                fmap = (e["map_flip"] if flips[j] else e["map"]).float()[None]
+                fmap = (e["map_flip"] if flips[j] else e["map"]).detach().float()[None]
                 rois = it["rois_flip"] if flips[j] else it["rois"]
                 pool, picks = draws[j]
                 out = ddp(fmap, rois[pool], picks)
                 for m in range(M):
                     y = it["labels"][pool[picks[m]]]
-                    loss = loss + F.cross_entropy(out[m], y) / M
+                    loss = loss + F.cross_entropy(out[m], y, reduction="sum") / (totals[m] * M)
                     logits_all.append(out[m].detach())
                     targets_all.append(y)
-            run.step_loss(loss / max(1, len(range(rank, n_img, world_size))), torch.cat(logits_all),
-                          torch.cat(targets_all))
+            run.step_loss(loss * world_size, torch.cat(logits_all), torch.cat(targets_all))
         run.end_epoch(epoch, save=rank == 0)
     record = run.finish()
     record["trunk_cache_seconds"] = t_cache

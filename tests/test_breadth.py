@@ -116,6 +116,9 @@ def test_tiny_imagenet_reader(tiny):
     b = read_tiny_imagenet(tiny, split="train", per_class=2, seed=1, progress=False)
     assert [r.image_id for r in a.records] == [r.image_id for r in b.records]
     assert sum(r.image_id.startswith("train/n02099601") for r in a.records) <= 2
+    for seed in range(6):  # duplicates are found before the choice: one copy alone is never kept
+        ids = {r.image_id for r in read_tiny_imagenet(tiny, per_class=1, seed=seed, progress=False).records}
+        assert not ids & {"train/n02099601/n02099601_4", "train/n02123045/n02123045_1"}
     v = read_tiny_imagenet(tiny, split="val", progress=False)
     assert v.report.counts["placeholder_boxes"] == 6 and [r.image_id for r in v.records] == ["val/val_6"]
     with pytest.raises(FileNotFoundError, match="wnids.txt"):

@@ -77,8 +77,8 @@ def main(cfg: DictConfig) -> None:
         if n_jit:
             log(f"{n_jit} photos not exhaustively annotated: positives only, from 32 boxes jittered around each object")
     if not cfg.extract:
-        log(f"extract=false: {sum(p is not None for p in proposals)} of {len(dataset)} images have cached "
-            f"proposals; the others are left out")
+        log(f"extract=false: {sum(p is not None for p in loaded)} of {len(sub)} images have cached proposals; "
+            f"the others are left out")
     t_prop = time.perf_counter() - t0
 
     # 2. the ensemble and its trunk features

@@ -269,7 +269,7 @@ def concat_datasets(*parts: DetectionDataset, name: str | None = None, dedupe: b
     held = set()
     for ex in ([exclude] if isinstance(exclude, DetectionDataset) else list(exclude or [])):
         held |= {_file_key(r) for r in ex.records}
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[int, str], str] = {}
     for part in parts:
         offset = len(records)
         new_pos = {}

@@ -107,13 +107,10 @@ def read_tiny_imagenet(root: str | Path, *, split: str = "train", class_map: str
             report.add("unmapped_synset", f"{split}/{w}", f"{len(items)} images: no DET-200 ancestor in WordNet",
                        n=len(items))
             continue
-        if per_class is not None and len(items) > per_class:
-            items = sorted(items, key=lambda e: e[0].name)
-            random.Random(f"{seed}:{w}").shuffle(items)
-            items = sorted(items[:per_class], key=lambda e: e[0].name)
         chosen += [(p, w, det, box, where) for p, box, where in items]
 
-    # byte-identical photos: keep one; drop every copy when they disagree on the DET class
+    # byte-identical photos (over all the mapped photos, before any per_class choice): keep one; drop every copy
+    # when they disagree on the DET class
     by_hash: dict[str, list[int]] = defaultdict(list)
     for i, (p, *_rest) in enumerate(chosen):
         try:
@@ -133,6 +130,17 @@ def read_tiny_imagenet(root: str | Path, *, split: str = "train", class_map: str
                     report.add("duplicate_image", chosen[i][0], f"the same photo as {chosen[idx[0]][0].name}")
                 drop.update(idx[1:])
     chosen = [c for i, c in enumerate(chosen) if i not in drop]
+    if per_class is not None:  # a fixed, seeded choice per wnid, whatever the other wnids
+        by_wnid: dict[str, list] = defaultdict(list)
+        for c in chosen:
+            by_wnid[c[1]].append(c)
+        chosen = []
+        for w, items in by_wnid.items():
+            if len(items) > per_class:
+                items = sorted(items, key=lambda e: e[0].name)
+                random.Random(f"{seed}:{w}").shuffle(items)
+                items = sorted(items[:per_class], key=lambda e: e[0].name)
+            chosen += items
 
     def parse(item, rep: ScanReport) -> ImageRecord:
         path, w, det, raw, where = item

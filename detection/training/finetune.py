@@ -220,7 +220,7 @@ def epoch_order(items: list[dict], gen: torch.Generator) -> list[int]:
     return [i for _, _, i in sorted(keyed)]
 
 
-def _feature_stats(net: FineTuneNet, cache: TrunkCache, items: list[dict], *, rois_per_image: int,
+def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[dict], *, rois_per_image: int,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
     training images, with the initial stages: the heads' input standardisation, fixed for training."""

@@ -78,10 +78,7 @@ def restrict_to_scored(dets: Detections, dataset: DetectionDataset, positions: l
         return dets, dataset
     remap = {old: new for new, old in enumerate(positions)}
     image = torch.tensor([remap[i] for i in dets.image.tolist()], dtype=torch.int64)
-    sub = DetectionDataset(dataset.name, [dataset.records[i] for i in positions], dataset.report,
-                           blacklist=[(remap[i], lab) for i, lab in dataset.blacklist if i in remap],
-                           image_indices=[dataset.image_indices[i] for i in positions])
-    return Detections(image, dets.boxes, dets.scores, dets.labels), sub
+    return Detections(image, dets.boxes, dets.scores, dets.labels), dataset.subset(positions)
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -16,7 +16,7 @@ def _top_nms(boxes: Tensor, scores: Tensor, iou: float, k: int) -> Tensor:
     """The first ``k`` boxes NMS keeps (indices, by confidence), exactly, without suppressing all of them: greedy NMS
     decides a box by the boxes scored above it only, so NMS over the best ``n`` candidates keeps the same boxes as
     NMS over all of them, up to the n-th; ``n`` doubles until ``k`` are kept (MultiBox gives ~9 000 boxes an image,
-    of which 200 are kept: 0.4 s -> ~0.02 s)."""
+    of which 200 are kept: 0.27 s -> 0.003 s on one core)."""
     order = torch.sort(scores, descending=True, stable=True).indices
     n = max(4 * k, 256)
     while True:

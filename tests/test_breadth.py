@@ -312,3 +312,13 @@ def test_dataset_stats_counts_classes_per_source(tmp_path):
     assert st["sources"]["a"] == {"images": 3, "boxes": 3, "positives_only": 0, "classes": 1, "classes_with_2_boxes": 1}
     assert st["sources"]["b"]["positives_only"] == 4 and st["sources"]["b"]["classes_with_2_boxes"] == 2
     assert split_stats(a, min_boxes=4)["classes_with_4_boxes"] == 0
+
+
+def test_subset_keeps_blacklist_and_image_numbers(tmp_path):
+    recs = [_rec(tmp_path / f"{k}.jpg", str(k), exhaustive=k != 1) for k in range(4)]
+    ds = DetectionDataset("d", recs, blacklist={(1, 5), (3, 7)}, image_indices=[10, 11, 12, 13])
+    s = ds.subset([3, 0])
+    assert [r.image_id for r in s.records] == ["3", "0"] and s.image_indices == [13, 10] and s.blacklist == {(0, 7)}
+    assert ds.subset(range(4)) is ds
+    e = ds.exhaustive_only()
+    assert [r.image_id for r in e.records] == ["0", "2", "3"] and e.blacklist == {(2, 7)}

@@ -51,13 +51,10 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
         sys.exit(f"error: data root {root} not found: set DET_DATA_ROOT or data_root=PATH")
     dataset = instantiate(cfg.dataset, _convert_="all")
     if cfg.limit is not None:
-        from detection.evaluation import Detections
-        from detection.sharded import restrict_to_scored
-
         if cfg.limit < 1:
             sys.exit(f"error: limit={cfg.limit}: give a positive number of images (or null for all)")
         # the first N images, with their blacklist entries and image numbers
-        _, dataset = restrict_to_scored(Detections.empty(), dataset, list(range(min(cfg.limit, len(dataset)))))
+        dataset = dataset.subset(range(min(cfg.limit, len(dataset))))
     log(dataset.summary() + (f"\nlimit={cfg.limit}: the first {len(dataset)} images only" if cfg.limit else ""))
     out = Path(HydraConfig.get().runtime.output_dir)
     extra = {"dataset": dataset.name}

@@ -26,7 +26,6 @@ hs.register_schemas()
 
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="eval_proposals", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from detection.data.records import DetectionDataset
     from proposals.pipeline import ProposalStage
     from proposals.report import format_report, plot_coverage, proposal_report
 
@@ -42,7 +41,7 @@ def main(cfg: DictConfig) -> float:
     if len(keep) < len(dataset):
         print(f"{len(dataset) - len(keep)} images without proposals (unreadable, reported above) are left out of "
               f"the coverage figures")
-        dataset = DetectionDataset(dataset.name, [dataset.records[i] for i in keep], dataset.report)
+        dataset = dataset.subset(keep)
     rep = proposal_report(dataset, [loaded[i] for i in keep])
     ss = cfg.proposals.selective_search
     print(format_report(rep, title=f"{dataset.name}: selective search {ss.mode} k x {ss.k_scale:g} + "

@@ -32,13 +32,11 @@ def main(cfg: DictConfig) -> None:
     if rank == 0:
         print(dataset.summary())
     if cfg.exhaustive_only:
-        from detection.data.records import DetectionDataset
-
-        keep = [r for r in dataset.records if r.exhaustive]
+        keep = dataset.exhaustive_only()
         if rank == 0 and len(keep) < len(dataset):
             print(f"exhaustive_only: {len(dataset) - len(keep)} photos not exhaustively annotated left out (training "
                   f"gives them jittered boxes: positives_only_boxes=jitter)")
-        dataset = DetectionDataset(dataset.name, keep, dataset.report)
+        dataset = keep
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache)
     stats = stage.extract(dataset, workers=cfg.workers, rank=rank, world_size=world, chunk_size=cfg.chunk_size,
                           log=print if rank == 0 else None)

@@ -45,8 +45,7 @@ def main() -> None:
             if len(r.boxes) == 0:
                 continue
             # one row per source folder of the split (voc07_train, coco128, fruit; val): like compared with like
-            part = r.image_id.split("/")[0] if "/" in r.image_id else ds.name
-            g = groups.setdefault(part, {"hits": {"mb": 0, "ss": 0, "paper": 0}, "n_obj": 0,
+            g = groups.setdefault(r.source or ds.name, {"hits": {"mb": 0, "ss": 0, "paper": 0}, "n_obj": 0,
                                                               "n_img": 0, "mb_good": 0, "mb_all": 0})
             hits = g["hits"]
             sha = file_sha1(r.path)

@@ -55,8 +55,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.positives_only_boxes not in ("jitter", "proposals"):
         sys.exit(f"error: positives_only_boxes must be 'jitter' or 'proposals', got {cfg.positives_only_boxes!r}")
     with_props = [i for i, r in enumerate(dataset.records) if r.exhaustive or not jitter]
-    sub = dataset if len(with_props) == len(dataset) else DetectionDataset(
-        dataset.name, [dataset.records[i] for i in with_props])
+    sub = dataset.subset(with_props)
     if cfg.extract:
         for method, st in stage.extract(sub, workers=cfg.workers, rank=rank, world_size=world,
                                         progress=rank == 0).items():

@@ -39,9 +39,7 @@ def main(cfg: DictConfig) -> None:
     print(train_ds.summary())
     partial = sum(not r.exhaustive for r in train_ds.records)
     if partial:  # MultiBox learns "no object here" from every unmatched prior: only exhaustive photos can teach it
-        from detection.data.records import DetectionDataset
-
-        train_ds = DetectionDataset(train_ds.name, [r for r in train_ds.records if r.exhaustive], train_ds.report)
+        train_ds = train_ds.exhaustive_only()
         print(f"{partial} photos not exhaustively annotated left out (their unboxed objects would be negatives)")
     mcfg = MultiBoxConfig(**OmegaConf.to_container(cfg.model))
     tset = TrainSettings(**OmegaConf.to_container(cfg.train))

@@ -202,7 +202,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
         from detection.data.image_io import ImageDecodeError
 
-        keep, indices, bar = [], [], {} if progress else {"disable": True}
+        keep, bar = [], {} if progress else {"disable": True}
         for pos, r in enumerate(progress_bar(self.records, desc=f"verify {self.name}", unit="img", leave=False, **bar)):
             try:
                 read_image_rgb(r.path)
@@ -210,10 +210,22 @@ class DetectionDataset(torch.utils.data.Dataset):
                 self.report.add("unreadable_image", str(e))
                 continue
             keep.append(pos)
-        new_pos = {old: new for new, old in enumerate(keep)}
-        return DetectionDataset(self.name, [self.records[i] for i in keep], self.report,
+        return self.subset(keep)
+
+    def subset(self, positions: Sequence[int]) -> "DetectionDataset":
+        """The records at ``positions`` (in that order) with their blacklist entries and ILSVRC image numbers, and
+        the same scan report; the dataset itself when ``positions`` is all of it in order."""
+        positions = list(positions)
+        if positions == list(range(len(self.records))):
+            return self
+        new_pos = {old: new for new, old in enumerate(positions)}
+        return DetectionDataset(self.name, [self.records[i] for i in positions], self.report,
                                 blacklist={(new_pos[i], c) for i, c in self.blacklist if i in new_pos},
-                                image_indices=[self.image_indices[i] for i in keep])
+                                image_indices=[self.image_indices[i] for i in positions])
+
+    def exhaustive_only(self) -> "DetectionDataset":
+        """The exhaustively annotated images only (what can teach background: see ``ImageRecord.exhaustive``)."""
+        return self.subset([i for i, r in enumerate(self.records) if r.exhaustive])
 
     @property
     def num_boxes(self) -> int:

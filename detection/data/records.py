@@ -269,6 +269,19 @@ def set_exhaustive(dataset: DetectionDataset, exhaustive: bool = False) -> Detec
                             image_indices=dataset.image_indices)
 
 
+def sample_dataset(dataset: DetectionDataset, *, count: int, seed: int = 0) -> DetectionDataset:
+    """A fixed, seeded random ``count`` of ``dataset``'s images, kept in their original order (blacklist and image
+    numbers follow: :meth:`DetectionDataset.subset`); all of it when ``count`` reaches its size.  Image ids are
+    unchanged, so the part's cached proposals and trunk maps serve the sample too."""
+    if count < 1:
+        raise ValueError(f"{dataset.name}: sample count must be >= 1, got {count}")
+    if count >= len(dataset):
+        return dataset
+    gen = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(dataset), generator=gen)[:count].tolist())
+    return dataset.subset(keep)
+
+
 def concat_datasets(*parts: DetectionDataset, name: str | None = None, dedupe: bool = False,
                     exclude: DetectionDataset | Sequence[DetectionDataset] | None = None) -> DetectionDataset:
     """Composite dataset (e.g. train = voc07/train + coco128 + fruit); image ids are prefixed to stay unique.

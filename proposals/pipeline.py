@@ -161,8 +161,9 @@ class ProposalStage:
         out: dict[str, ExtractStats] = {}
         for k, part in enumerate(chunks):
             for src in self.sources():
-                # MultiBox is one small network pass: worker processes would each load it for little gain
-                w = workers if src.method != "multibox" else 1
+                # on a CPU, MultiBox in worker processes of one thread each beats one process of many threads
+                # (2 cores: 0.73 vs 0.83 s an image); on a GPU one process feeds it
+                w = workers if src.method != "multibox" or self.mb.device == "cpu" else 1
                 st = extract_split(part, src, cache_root=self.cache_root, workers=w, rank=rank,
                                    world_size=world_size, progress=progress)
                 acc = out.setdefault(src.method, ExtractStats())

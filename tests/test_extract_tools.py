@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -38,6 +39,19 @@ def test_extract_with_workers_resumes_and_reports_bad_images(tiny_voc, tmp_path)
     for rec, p in zip(good, loaded):
         direct, _ = stage.propose(np.asarray(Image.open(rec.path).convert("RGB")))
         assert np.array_equal(p["boxes"].numpy(), direct.numpy())
+
+
+def test_multibox_in_worker_processes_gives_what_one_process_gives(tiny_voc, tmp_path):
+    # on a CPU the stage runs MultiBox in the worker processes too (one thread each: faster than one process)
+    settings = ProposalSettings(selective_search=SS_SMALL, multibox=MultiBoxSettings(top_k=50, crops=[]))
+    good = read_voc(tiny_voc, name="tiny").verify_images(progress=False)
+    st = ProposalStage(settings, cache_root=tmp_path / "w").extract(good, workers=2, progress=False)
+    assert st["multibox"].computed == 4
+    one = ProposalStage(settings, cache_root=tmp_path / "one")
+    one.extract(good, workers=1, progress=False)
+    for a, b in zip(ProposalStage(settings, cache_root=tmp_path / "w").load(good), one.load(good)):
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-3)  # pixels; threads round differently
+        assert a["source"].tolist() == b["source"].tolist() and (a["source"] == 1).any()
 
 
 def run_tool(*args, timeout=600):

@@ -122,3 +122,33 @@ def test_launcher_presets_compose(tool, preset, target):
     else:
         assert launcher.timeout_min == 120 and launcher.tasks_per_node == 1
         assert str(launcher.submitit_folder).endswith(".submitit/%j")
+
+
+def test_compare_classes_table(tmp_path):
+    from compare_classes import class_rows, markdown
+
+    def metrics(m, aps, images=10):
+        return {"protocol": "ilsvrc", "num_images": images, "mAP": m,
+                "per_class": [{"label": k, "name": n, "num_gt": g, "ap": a, "num_dets": 5} for k, n, g, a in aps]}
+
+    a = metrics(0.5, [(1, "cat", 4, 0.6), (2, "dog", 2, 0.4), (3, "ski", 0, None)])
+    b = metrics(0.6, [(1, "cat", 4, 0.5), (2, "dog", 2, 0.7), (4, "laptop", 1, 0.2)])
+    rows = class_rows({"before": a, "after": b})
+    assert [r["name"] for r in rows] == ["dog", "cat", "laptop"]  # gains first, a class missing from one last
+    assert rows[0]["delta"] == pytest.approx(0.3) and rows[1]["delta"] == pytest.approx(-0.1)
+    assert rows[2]["ap"] == {"before": None, "after": 0.2} and rows[2]["delta"] is None
+    assert [r["name"] for r in class_rows({"before": a, "after": b}, sort="gt")] == ["cat", "dog", "laptop"]
+    table = markdown({"before": a, "after": b}, rows)
+    assert "| dog | 2 | 40.0 | 70.0 | +30.0 |" in table and "| laptop | 1 | - | 20.0 | - |" in table
+    assert table.splitlines()[-1] == "| **mAP** | 7 | **50.0** | **60.0** | **+10.00** |"
+    with pytest.raises(ValueError, match="differ"):
+        class_rows({"a": a, "b": metrics(0.5, [], images=11)})
+    # the tool: files in, the table out; a bad argument is a clear error
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = run_tool("tools/compare_classes.py", f"before={tmp_path / 'a.json'}", f"after={tmp_path / 'b.json'}",
+                 "--out", str(tmp_path / "t.md"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t.md").read_text().strip() == r.stdout.strip() == table
+    r = run_tool("tools/compare_classes.py", f"x={tmp_path / 'nope.json'}")
+    assert r.returncode != 0 and "nope.json: no such metrics file" in r.stderr

@@ -288,6 +288,17 @@ def test_breadth_presets_need_extra_root_and_read_it(tiny, monkeypatch):
     assert tune[1:] == full[1:]
 
 
+def test_breadth_tune_samples_voc07_train(shared_data):
+    from hydra.utils import instantiate
+
+    _, cfg = _compose("train_classifier", ["dataset=breadth_tune", "extra_root=/x", f"data_root={shared_data}"])
+    part = instantiate(cfg.dataset["_args_"][0], _convert_="all")
+    full = instantiate(cfg.dataset["_args_"][0]["dataset"], _convert_="all", progress=False)
+    ids = [r.image_id for r in part.records]
+    assert part.name == full.name == "voc07_train" and len(ids) == 1000 < len(full)
+    assert set(ids) <= {r.image_id for r in full.records}  # the same ids: train's cached entries serve it
+
+
 def test_jittered_positives_overlap_their_object_and_repeat_by_seed():
     from torchvision.ops import box_iou
 

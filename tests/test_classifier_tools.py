@@ -63,7 +63,9 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "heads initialised from a trained ensemble" in r.stdout
     cont_model = load_ensemble(tmp_path / "cont" / "region.pt")
-    assert cont_model.record["init_model"] == str(tmp_path / "model" / "region.pt")
+    src = cont_model.record["init_model"]
+    assert src["path"] == str((tmp_path / "model" / "region.pt").resolve()) and len(src["sha1"]) == 40
+    assert cont_model.record["init_heads"] is None
     for a, b in zip(list(model.heads.state_dict().values()) + list(model.backbones.state_dict().values()),
                     list(cont_model.heads.state_dict().values()) + list(cont_model.backbones.state_dict().values())):
         torch.testing.assert_close(a, b)
@@ -74,6 +76,9 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert r.returncode != 0 and "it fine-tuned 2 stages of lite0, this run 1" in r.stderr
     r = run(sys.executable, "tools/train_classifier.py", *cont, "init_heads=default")
     assert r.returncode != 0 and "not both" in r.stderr
+    # the same out_dir with another starting point: its checkpoint is refused, not resumed
+    r = run(sys.executable, "tools/train_classifier.py", *[o for o in cont if not o.startswith("init_model=")])
+    assert r.returncode != 0 and "the checkpoint of another run (it differs in init_model)" in r.stderr
 
     # eval_map runs the detector over the split (proposals from the cache) and scores it; -m sweeps the ensemble
     ev = common + [f"ensemble.model={tmp_path / 'model' / 'region.pt'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]

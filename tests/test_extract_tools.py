@@ -41,12 +41,17 @@ def test_extract_with_workers_resumes_and_reports_bad_images(tiny_voc, tmp_path)
         assert np.array_equal(p["boxes"].numpy(), direct.numpy())
 
 
-def test_multibox_in_worker_processes_gives_what_one_process_gives(tiny_voc, tmp_path):
+def test_multibox_in_worker_processes_gives_what_one_process_gives(tiny_voc, tmp_path, monkeypatch):
     # on a CPU the stage runs MultiBox in the worker processes too (one thread each: faster than one process)
+    import proposals.pipeline as pipeline
+
+    calls, real = [], pipeline.extract_split
+    monkeypatch.setattr(pipeline, "extract_split",
+                        lambda part, src, **kw: calls.append((src.method, kw["workers"])) or real(part, src, **kw))
     settings = ProposalSettings(selective_search=SS_SMALL, multibox=MultiBoxSettings(top_k=50, crops=[]))
     good = read_voc(tiny_voc, name="tiny").verify_images(progress=False)
     st = ProposalStage(settings, cache_root=tmp_path / "w").extract(good, workers=2, progress=False)
-    assert st["multibox"].computed == 4
+    assert st["multibox"].computed == 4 and calls == [("selective_search", 2), ("multibox", 2)]
     one = ProposalStage(settings, cache_root=tmp_path / "one")
     one.extract(good, workers=1, progress=False)
     for a, b in zip(ProposalStage(settings, cache_root=tmp_path / "w").load(good), one.load(good)):

@@ -33,7 +33,8 @@ hs.register_schemas()
 def main(cfg: DictConfig) -> None:
     from detection.data.records import DetectionDataset
     from detection.models.backbones import build_backbone
-    from detection.models.region import RegionConfig, RegionEnsemble, default_region_model_path, save_ensemble
+    from detection.models.region import (RegionConfig, RegionEnsemble, default_region_model_path,
+                                         load_stages_state_dict, save_ensemble, split_stem, stages_state_dict)
     from detection.training.roi import MemberSettings
     from proposals.pipeline import ProposalStage
 
@@ -47,6 +48,7 @@ def main(cfg: DictConfig) -> None:
     rcfg = RegionConfig(**OmegaConf.to_container(cfg.model))
     mset = MemberSettings(**OmegaConf.to_container(cfg.train))
     psettings = hs.proposal_settings(cfg.proposals)
+    warm, warm_info = warm_start(cfg, rcfg)  # checked before any proposal or trunk map is computed
 
     # 1. proposals (cached; each rank extracts its shard, then everyone reads the whole cache).  Photos that are not
     # exhaustively annotated give positives only: with positives_only_boxes=jitter they get boxes around their
@@ -85,6 +87,10 @@ def main(cfg: DictConfig) -> None:
     if not rcfg.shared_trunk or rcfg.mode != "roi":
         from detection.training.warp import train_warp_members
 
+        if warm is not None:
+            sys.exit("error: init_heads / init_model continue roi-mode ensembles; the warp mode trains whole "
+                     "backbones from backbone_weights")
+
         model, record = train_warp_members(rcfg, mset, dataset, proposals, out_dir=cfg.out_dir,
                                            only=cfg.only_members, backbone_weights=cfg.backbone_weights,
                                            rank=rank, world_size=world, progress=rank == 0, log=log)
@@ -98,29 +104,16 @@ def main(cfg: DictConfig) -> None:
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights=cfg.backbone_weights)]
                                ).eval()
         init = None
-        if cfg.init_heads and cfg.init_model:
-            sys.exit("error: give init_heads (heads only) or init_model (heads and fine-tuned stages), not both")
-        if cfg.init_heads or cfg.init_model:  # warm start from a trained ensemble ('default': the embedded model)
-            from detection.models.region import load_ensemble, load_stages_state_dict, split_stem, stages_state_dict
-
-            key, given = ("init_model", cfg.init_model) if cfg.init_model else ("init_heads", cfg.init_heads)
-            src = load_ensemble(None if given == "default" else given)
-            if (src.cfg.members, src.cfg.roi_size, src.cfg.roi_layer, src.cfg.hidden) != (
-                    rcfg.members, rcfg.roi_size, rcfg.roi_layer, rcfg.hidden):
-                sys.exit(f"error: {key}={given}: its heads do not fit model (members, roi_size, "
-                         f"roi_layer, hidden differ)")
-            init = src.heads
+        if warm is not None:
+            init = warm.heads
             if cfg.init_model:  # the stages to fine-tune start from the source's (fine-tuned) ones
-                if src.cfg.trainable_stages != rcfg.trainable_stages or src.cfg.backbone != rcfg.backbone:
-                    sys.exit(f"error: init_model={given}: it fine-tuned {src.cfg.trainable_stages} stages of "
-                             f"{src.cfg.backbone}, this run {rcfg.trainable_stages} of {rcfg.backbone}")
-                names = split_stem(src.backbones[0], rcfg.trainable_stages)[2]
-                load_stages_state_dict(model.backbones[0], stages_state_dict(src.backbones[0], names))
+                names = split_stem(warm.backbones[0], rcfg.trainable_stages)[2]
+                load_stages_state_dict(model.backbones[0], stages_state_dict(warm.backbones[0], names))
         record = train_finetuned(model, dataset, proposals, settings=mset, cache_root=cache,
                                  out_dir=cfg.out_dir, backbone_weights=cfg.backbone_weights, rank=rank,
-                                 world_size=world, progress=rank == 0, log=log, init_heads=init)
-        record["init_heads"] = cfg.init_heads
-        record["init_model"] = cfg.init_model
+                                 world_size=world, progress=rank == 0, log=log, init_heads=init,
+                                 identity={"dataset": dataset.name, **warm_info})
+        record.update(warm_info)
         model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
@@ -146,6 +139,36 @@ def main(cfg: DictConfig) -> None:
     from detection.distributed import finish
 
     finish(world)
+
+
+def warm_start(cfg: DictConfig, rcfg) -> tuple:
+    """The ensemble that ``init_heads`` (heads only) or ``init_model`` (heads and fine-tuned stages) names, checked
+    against this run's model, and what the record keeps of it (resolved path, SHA-1); ``(None, {...})`` for a fresh
+    start."""
+    from detection.models.region import default_region_model_path, load_ensemble
+    from proposals.cache import file_sha1
+
+    if cfg.init_heads and cfg.init_model:
+        sys.exit("error: give init_heads (heads only) or init_model (heads and fine-tuned stages), not both")
+    if not (cfg.init_heads or cfg.init_model):
+        return None, {"init_heads": None, "init_model": None}
+    key, given = ("init_model", cfg.init_model) if cfg.init_model else ("init_heads", cfg.init_heads)
+    path = default_region_model_path() if given == "default" else Path(given)
+    try:
+        src = load_ensemble(path)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {key}={given}: {e}")
+    fields = ("mode", "members", "num_classes", "roi_size", "roi_layer", "hidden", "standardize")
+    bad = [f"{f} {getattr(src.cfg, f)} vs {getattr(rcfg, f)}" for f in fields if getattr(src.cfg, f) != getattr(rcfg, f)]
+    if bad:
+        sys.exit(f"error: {key}={given}: its heads do not fit model ({'; '.join(bad)})")
+    if cfg.init_model and (src.cfg.trainable_stages != rcfg.trainable_stages or src.cfg.backbone != rcfg.backbone):
+        sys.exit(f"error: init_model={given}: it fine-tuned {src.cfg.trainable_stages} stages of "
+                 f"{src.cfg.backbone}, this run {rcfg.trainable_stages} of {rcfg.backbone}")
+    info = {"init_heads": None, "init_model": None}
+    info[key] = {"given": str(given), "path": str(path.resolve()), "sha1": file_sha1(path),
+                 "backbone_weights": str(cfg.backbone_weights)}
+    return src, info
 
 
 def validate(cfg: DictConfig, model, stage) -> dict:

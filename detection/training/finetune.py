@@ -241,13 +241,15 @@ def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[dict], *, 
 def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None], *,
                     settings: MemberSettings, cache_root: str | Path, out_dir: str | Path,
                     backbone_weights: str | None = "imagenet", rank: int = 0, world_size: int = 1,
-                    progress: bool = True, log=print, init_heads: nn.ModuleList | None = None) -> dict:
+                    progress: bool = True, log=print, init_heads: nn.ModuleList | None = None,
+                    identity: dict | None = None) -> dict:
     """Train ``model`` (roi mode, shared trunk): its last ``cfg.trainable_stages`` stages and every member's head.
 
     ``proposals[i]``: the proposals of ``dataset.records[i]`` (``None``: none, reported and skipped).  The frozen
     part's maps are cached under ``cache_root/trunk_maps`` (:class:`TrunkCache`), the per-epoch checkpoint is
     ``out_dir/finetune.ckpt``.  ``init_heads``: start the members' heads from these (e.g. a trained ensemble's
-    ``heads``, same architecture) instead of a fresh initialisation.  On return the
+    ``heads``, same architecture) instead of a fresh initialisation.  ``identity``: what the run starts from (e.g.
+    the dataset and the warm start's SHA-1); a checkpoint in ``out_dir`` of another identity is refused.  On return the
     model holds the trained weights (in eval mode).  Returns the training record.
     """
     import time
@@ -327,7 +329,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         ddp = DistributedDataParallel(net)
     run = MemberRun(net, settings=settings, steps_per_epoch=steps, ckpt=Path(out_dir) / "finetune.ckpt",
                     record={"member": "all", "name": "fine-tuning", "trainable_stages": cfg.trainable_stages, "stages": net.names,
-                            "images": len(items), "skipped": len(skipped)}, log=log, param_groups=groups)
+                            "images": len(items), "skipped": len(skipped)}, log=log, param_groups=groups,
+                    identity=identity)
     M = cfg.members
     n_fg = round(per_image * settings.fg_fraction)
     for epoch in range(run.start_epoch, settings.epochs):

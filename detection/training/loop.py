@@ -19,7 +19,7 @@ class MemberRun:
     resumes after it (``start_epoch``)."""
 
     def __init__(self, module: nn.Module, *, settings, steps_per_epoch: int, ckpt: Path, record: dict, log=print,
-                 param_groups: list[dict] | None = None):
+                 param_groups: list[dict] | None = None, identity: dict | None = None):
         self.module, self.settings, self.ckpt, self.log = module, settings, Path(ckpt), log
         if param_groups is None:  # one group: every trainable parameter at settings.lr
             param_groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": settings.lr}]
@@ -27,11 +27,17 @@ class MemberRun:
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=[g["lr"] for g in param_groups],
                                                          total_steps=settings.epochs * steps_per_epoch,
                                                          pct_start=0.1)
-        self.record = {**record, "settings": asdict(settings), "epochs": []}
+        # identity: what the run starts from (data, warm start); a checkpoint of another run is refused, not resumed
+        self.record = {**record, "settings": asdict(settings), "epochs": [], "identity": identity}
         self._name = record.get("name", f"member {record.get('member')}")
         self.start_epoch = 0
         if self.ckpt.exists():
             ck = torch.load(self.ckpt, weights_only=True)
+            theirs = ck["record"].get("identity")
+            if identity is not None and theirs is not None and theirs != identity:
+                diff = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
+                raise RuntimeError(f"{self.ckpt}: the checkpoint of another run (it differs in {', '.join(diff)}); "
+                                   f"give another out_dir or delete it to start afresh")
             module.load_state_dict(ck["module"])
             self.opt.load_state_dict(ck["opt"])
             self.sched.load_state_dict(ck["sched"])

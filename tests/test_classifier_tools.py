@@ -76,7 +76,11 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert r.returncode != 0 and "it fine-tuned 2 stages of lite0, this run 1" in r.stderr
     r = run(sys.executable, "tools/train_classifier.py", *cont, "init_heads=default")
     assert r.returncode != 0 and "not both" in r.stderr
-    # the same out_dir with another starting point: its checkpoint is refused, not resumed
+    # the same file named another way resumes; the same out_dir with another starting point is refused
+    again = [o for o in cont if not o.startswith("init_model=")] + [
+        f"init_model={tmp_path / 'model' / '..' / 'model' / 'region.pt'}"]
+    r = run(sys.executable, "tools/train_classifier.py", *again)
+    assert r.returncode == 0 and "fine-tuning: resumed" in r.stdout, r.stderr[-3000:]
     r = run(sys.executable, "tools/train_classifier.py", *[o for o in cont if not o.startswith("init_model=")])
     assert r.returncode != 0 and "the checkpoint of another run (it differs in init_model)" in r.stderr
 

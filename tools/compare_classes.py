@@ -48,7 +48,7 @@ def class_rows(metrics: dict[str, dict], *, sort: str = "delta") -> list[dict]:
     for row in rows.values():
         a, b = row["ap"][names[0]], row["ap"][names[-1]]
         row["delta"] = None if a is None or b is None else b - a
-    key = {"delta": lambda r: (-(r["delta"] if r["delta"] is not None else -9), r["name"].lower()),
+    key = {"delta": lambda r: (r["delta"] is None, -(r["delta"] or 0.0), r["name"].lower()),
            "gt": lambda r: (-r["num_gt"], r["name"].lower()), "name": lambda r: r["name"].lower()}
     if sort not in key:
         raise ValueError(f"sort must be one of {', '.join(key)}, got {sort!r}")

@@ -112,7 +112,7 @@ def main(cfg: DictConfig) -> None:
         record = train_finetuned(model, dataset, proposals, settings=mset, cache_root=cache,
                                  out_dir=cfg.out_dir, backbone_weights=cfg.backbone_weights, rank=rank,
                                  world_size=world, progress=rank == 0, log=log, init_heads=init,
-                                 identity={"dataset": dataset.name, **_file_identity(warm_info)})
+                                 identity={"dataset": dataset.name, **warm_info})
         record.update(warm_info)
         model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
@@ -166,15 +166,9 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
         sys.exit(f"error: init_model={given}: it fine-tuned {src.cfg.trainable_stages} stages of "
                  f"{src.cfg.backbone}, this run {rcfg.trainable_stages} of {rcfg.backbone}")
     info = {"init_heads": None, "init_model": None}
-    info[key] = {"given": str(given), "path": str(path.resolve()), "sha1": file_sha1(path),
-                 "backbone_weights": str(cfg.backbone_weights)}
+    # the file, not how it was named ('default' or its path): a resume matches on this
+    info[key] = {"path": str(path.resolve()), "sha1": file_sha1(path), "backbone_weights": str(cfg.backbone_weights)}
     return src, info
-
-
-def _file_identity(info: dict) -> dict:
-    """What a resumed checkpoint must share with the run: the warm start's file (path, SHA-1, trunk weights), not
-    how it was named (``default`` or its path)."""
-    return {k: (None if v is None else {f: x for f, x in v.items() if f != "given"}) for k, v in info.items()}
 
 
 def validate(cfg: DictConfig, model, stage) -> dict:

@@ -8,5 +8,5 @@ from detection.data.tiny_imagenet import read_tiny_imagenet
 from detection.data.voc import read_ilsvrc_det, read_voc
 
 __all__ = ["read_coco", "read_yolo", "read_voc", "read_ilsvrc_det", "read_tiny_imagenet", "concat_datasets",
-           "sample_dataset", "set_exhaustive", "DetectionDataset", "ImageRecord", "ScanReport", "ImageDecodeError", "read_image_rgb",
-           "read_image_size"]
+           "sample_dataset", "set_exhaustive", "DetectionDataset", "ImageRecord", "ScanReport", "ImageDecodeError",
+           "read_image_rgb", "read_image_size"]

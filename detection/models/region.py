@@ -188,7 +188,7 @@ def stages_state_dict(backbone: Backbone, names: list[str]) -> dict[str, Tensor]
     out = {}
     for n in names:
         for k, v in backbone.features.get_submodule(n).state_dict().items():
-            out[f"{n}.{k}"] = v.detach().contiguous().clone()  # (the trunk runs channels_last)
+            out[f"{n}.{k}"] = v.detach().clone(memory_format=torch.contiguous_format)  # (the trunk runs channels_last)
     return out
 
 

@@ -328,7 +328,9 @@ def test_dataset_stats_counts_classes_per_source(tmp_path):
     names = det200().names
     assert st["images"] == 7 and st["positives_only"] == 4 and st["classes"] == 3
     assert st["enough"] == sorted([names[1], names[2], names[3]], key=str.lower)
-    assert st["sources"]["a"] == {"images": 3, "boxes": 3, "positives_only": 0, "classes": 1, "classes_with_2_boxes": 1}
+    assert st["sources"]["a"] == {"images": 3, "boxes": 3, "positives_only": 0, "classes": 1, "classes_with_2_boxes": 1,
+                                  "boxes_per_class": {names[1]: 3}}
+    assert st["sources"]["b"]["boxes_per_class"] == {names[2]: 2, names[3]: 2}
     assert st["sources"]["b"]["positives_only"] == 4 and st["sources"]["b"]["classes_with_2_boxes"] == 2
     assert split_stats(a, min_boxes=4)["classes_with_4_boxes"] == 0
 

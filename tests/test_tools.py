@@ -152,3 +152,48 @@ def test_compare_classes_table(tmp_path):
     assert (tmp_path / "t.md").read_text().strip() == r.stdout.strip() == table
     r = run_tool("tools/compare_classes.py", f"x={tmp_path / 'nope.json'}")
     assert r.returncode != 0 and "nope.json: no such metrics file" in r.stderr
+
+
+def test_compare_classes_splits_the_change_by_training_source(tmp_path):
+    from compare_classes import class_rows, load_source_boxes, markdown, source_rows
+
+    def metrics(m, aps):
+        return {"protocol": "ilsvrc", "num_images": 10, "mAP": m,
+                "per_class": [{"label": k, "name": n, "num_gt": g, "ap": a, "num_dets": 5} for k, n, g, a in aps]}
+
+    a = metrics(0.3, [(1, "cat", 4, 0.6), (2, "laptop", 2, 0.0), (3, "ski", 1, 0.3), (4, "mouse", 3, 0.3)])
+    b = metrics(0.4, [(1, "cat", 4, 0.5), (2, "laptop", 2, 0.5), (3, "ski", 1, 0.3), (4, "mouse", 3, 0.3)])
+    stats = [{"dataset": "train", "sources": {"voc": {"boxes_per_class": {"cat": 9}}}},
+             {"dataset": "breadth", "sources": {"voc": {"boxes_per_class": {"cat": 9, "laptop": 1}},
+                                                "coco": {"boxes_per_class": {"laptop": 5, "cat": 2, "mouse": 3}},
+                                                "tiny": {"boxes_per_class": {"mouse": 3}}}}]
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    boxes = load_source_boxes(tmp_path / "stats.json")  # the last split by default
+    assert boxes == {"cat": {"voc": 9, "coco": 2}, "laptop": {"voc": 1, "coco": 5}, "mouse": {"coco": 3, "tiny": 3}}
+    assert load_source_boxes(tmp_path / "stats.json", "train") == {"cat": {"voc": 9}}
+    rows = class_rows({"before": a, "after": b})
+    groups = {g["source"]: g for g in source_rows(rows, boxes)}
+    # laptop (+0.5) and mouse (0; a tie goes to the alphabetically first) are coco's, cat (-0.1) voc's, ski none
+    assert set(groups) == {"coco", "voc", "(none)"}
+    assert groups["coco"]["classes"] == 2 and groups["coco"]["num_gt"] == 5
+    assert groups["coco"]["contribution"] == pytest.approx(0.5 / 4) and groups["voc"]["contribution"] == pytest.approx(-0.1 / 4)
+    assert groups["(none)"]["contribution"] == 0 and groups["coco"]["last"] == pytest.approx(0.4)
+    assert sum(g["contribution"] for g in groups.values()) == pytest.approx(0.1)  # adds up to the mAP change
+    table = markdown({"before": a, "after": b}, rows, boxes)
+    assert "| laptop | 2 | 0.0 | 50.0 | +50.0 | coco 5, voc 1 |" in table and "| ski | 1 | 30.0 | 30.0 | +0.0 | 0 |" in table
+    assert "| coco | 2 | 5 | 15.0 | 40.0 | +12.50 |" in table and "| voc | 1 | 4 | 60.0 | 50.0 | -2.50 |" in table
+    # the tool; a wrong split or file is a clear error
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
+                 "--stats", str(tmp_path / "stats.json"), "--split", "breadth")
+    assert r.returncode == 0, r.stderr
+    assert "| main training source |" in r.stdout and "| coco | 2 | 5 | 15.0 | 40.0 | +12.50 |" in r.stdout
+    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--stats", str(tmp_path / "stats.json"),
+                 "--split", "nope")
+    assert r.returncode != 0 and "no split 'nope' (it has train, breadth)" in r.stderr
+    (tmp_path / "old.json").write_text(json.dumps([{"dataset": "x", "sources": {"voc": {"boxes": 3}}}]))
+    with pytest.raises(ValueError, match="no boxes_per_class"):
+        load_source_boxes(tmp_path / "old.json")
+    with pytest.raises(FileNotFoundError, match="dataset_stats.py --json"):
+        load_source_boxes(tmp_path / "missing.json")

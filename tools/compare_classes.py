@@ -8,6 +8,13 @@ with the change from the first: what a new model gained and lost class by class.
 Prints a Markdown table (class, objects, AP of each, change of the last against the first) and the mAP row; classes
 present in any of the files are listed, a class absent from one shows ``-`` there.  Every file must use the same
 protocol and images (checked: protocol, number of images), else the comparison would mean nothing.
+
+    python tools/compare_classes.py before=… after=… --stats stats.json [--split breadth_train]
+
+``--stats`` (the ``--json`` of dataset_stats.py; ``--split`` picks one of its splits, default the last) adds each
+class's training boxes by source, and a second table that splits the change of mAP by the source that brought most
+of a class's training boxes: the classes of each source add up to the whole change.  It says where a gain or loss
+sits, not what removing a source would do (that needs a run without it).
 """
 from __future__ import annotations
 
@@ -55,25 +62,90 @@ def class_rows(metrics: dict[str, dict], *, sort: str = "delta") -> list[dict]:
     return sorted(rows.values(), key=key[sort])
 
 
-def markdown(metrics: dict[str, dict], rows: list[dict]) -> str:
+def load_source_boxes(path: str | Path, split: str | None = None) -> dict[str, dict[str, int]]:
+    """Training boxes per class and source from dataset_stats.py's ``--json``: class name -> {source: boxes}, of
+    ``split`` (a dataset name in the file; default its last split)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such stats file (write one with dataset_stats.py --json)")
+    splits = json.loads(path.read_text())
+    if isinstance(splits, dict):
+        splits = [splits]
+    if not splits or any("sources" not in st or "dataset" not in st for st in splits):
+        raise ValueError(f"{path}: not a dataset_stats.py --json file (needs 'dataset' and 'sources')")
+    names = [st["dataset"] for st in splits]
+    if split is not None and split not in names:
+        raise ValueError(f"{path}: no split {split!r} (it has {', '.join(names)})")
+    st = splits[names.index(split)] if split is not None else splits[-1]
+    out: dict[str, dict[str, int]] = {}
+    for source, s in st["sources"].items():
+        if "boxes_per_class" not in s:
+            raise ValueError(f"{path}: source {source!r} has no boxes_per_class (written by an older dataset_stats.py)")
+        for name, n in s["boxes_per_class"].items():
+            out.setdefault(name, {})[source] = n
+    return out
+
+
+def main_source(boxes: dict[str, int] | None) -> str:
+    """The source with most of a class's training boxes (a tie: the alphabetically first), or '(none)'."""
+    if not boxes:
+        return "(none)"
+    return min(boxes, key=lambda k: (-boxes[k], k))
+
+
+def source_rows(rows: list[dict], source_boxes: dict[str, dict[str, int]]) -> list[dict]:
+    """The change of mAP split by each class's main training source: per source the classes, their objects, their
+    mean AP in the first and last evaluation and ``contribution`` = their summed change / all compared classes, so
+    the contributions add up to the change of mAP over the classes that both evaluations score."""
+    both = [r for r in rows if r["delta"] is not None]
+    groups: dict[str, list[dict]] = {}
+    for r in both:
+        groups.setdefault(main_source(source_boxes.get(r["name"])), []).append(r)
+    out = []
+    for source, rs in groups.items():
+        names = list(rs[0]["ap"])
+        out.append({"source": source, "classes": len(rs), "num_gt": sum(r["num_gt"] for r in rs),
+                    "first": sum(r["ap"][names[0]] for r in rs) / len(rs),
+                    "last": sum(r["ap"][names[-1]] for r in rs) / len(rs),
+                    "contribution": sum(r["delta"] for r in rs) / len(both)})
+    return sorted(out, key=lambda g: (-g["contribution"], g["source"]))
+
+
+def markdown(metrics: dict[str, dict], rows: list[dict],
+             source_boxes: dict[str, dict[str, int]] | None = None) -> str:
     names = list(metrics)
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
 
+    def boxes(name):
+        b = (source_boxes or {}).get(name) or {}
+        return ", ".join(f"{k} {n}" for k, n in sorted(b.items(), key=lambda kv: (-kv[1], kv[0]))) or "0"
+
     change = len(names) > 1
-    head = ["class", "objects", *names] + (["change"] if change else [])
+    head = ["class", "objects", *names] + (["change"] if change else []) + (
+        ["training boxes"] if source_boxes is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], str(r["num_gt"]), *(pct(r["ap"][n]) for n in names)]
         if change:
             cells.append("-" if r["delta"] is None else f"{100 * r['delta']:+.1f}")
+        if source_boxes is not None:
+            cells.append(boxes(r["name"]))
         lines.append("| " + " | ".join(cells) + " |")
     maps = [metrics[n]["mAP"] for n in names]
     tail = ["**mAP**", str(sum(r["num_gt"] for r in rows)), *(f"**{pct(v)}**" for v in maps)]
     if change:
         tail.append(f"**{100 * (maps[-1] - maps[0]):+.2f}**")
+    if source_boxes is not None:
+        tail.append("")
     lines.append("| " + " | ".join(tail) + " |")
+    if source_boxes is not None and change:
+        lines += ["", f"| main training source | classes | objects | mean AP {names[0]} | mean AP {names[-1]} | "
+                      "share of the mAP change |", "|---|---|---|---|---|---|"]
+        for g in source_rows(rows, source_boxes):
+            lines.append(f"| {g['source']} | {g['classes']} | {g['num_gt']} | {pct(g['first'])} | {pct(g['last'])} | "
+                         f"{100 * g['contribution']:+.2f} |")
     return "\n".join(lines)
 
 
@@ -82,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("runs", nargs="+", metavar="NAME=METRICS_JSON")
     ap.add_argument("--sort", default="delta", choices=["delta", "gt", "name"])
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--stats", default=None, help="dataset_stats.py --json file: training boxes per class and source")
+    ap.add_argument("--split", default=None, help="the split of --stats to use (default: its last)")
     args = ap.parse_args(argv)
     metrics = {}
     for spec in args.runs:
@@ -93,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     try:
-        table = markdown(metrics, class_rows(metrics, sort=args.sort))
-    except ValueError as e:
+        boxes = load_source_boxes(args.stats, args.split) if args.stats else None
+        table = markdown(metrics, class_rows(metrics, sort=args.sort), boxes)
+    except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(table)
     if args.out:

@@ -4,8 +4,8 @@
     python tools/dataset_stats.py --split train breadth_train --min-boxes 20 [--extra-root PATH] [--json out.json]
 
 For each split: images, boxes, positives-only photos, and per source (a composite's parts) the photos, boxes and
-classes it brings; then the classes with at least ``--min-boxes`` boxes in each split, and those the later splits
-gain over the first.
+classes it brings (``--json``: also its boxes per class, which ``compare_classes.py --stats`` reads); then the
+classes with at least ``--min-boxes`` boxes in each split, and those the later splits gain over the first.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def split_stats(dataset, *, min_boxes: int) -> dict:
             "boxes_per_class": {space.names[c]: n for c, n in total.most_common()},
             "sources": {k: {"images": v["images"], "boxes": v["boxes"], "positives_only": v["positives_only"],
                             "classes": len(v["classes"]),
-                            f"classes_with_{min_boxes}_boxes": sum(n >= min_boxes for n in v["classes"].values())}
+                            f"classes_with_{min_boxes}_boxes": sum(n >= min_boxes for n in v["classes"].values()),
+                            "boxes_per_class": {space.names[c]: n for c, n in v["classes"].most_common()}}
                         for k, v in per_source.items()}}
 
 

@@ -171,6 +171,9 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
     boxes = load_source_boxes(tmp_path / "stats.json")  # the last split by default
     assert boxes == {"cat": {"voc": 9, "coco": 2}, "laptop": {"voc": 1, "coco": 5}, "mouse": {"coco": 3, "tiny": 3}}
     assert load_source_boxes(tmp_path / "stats.json", "train") == {"cat": {"voc": 9}}
+    assert load_source_boxes(tmp_path / "stats.json", merge={"extra": ["coco", "tiny"]})["mouse"] == {"extra": 6}
+    with pytest.raises(ValueError, match="no source 'x' to merge into 'extra'"):
+        load_source_boxes(tmp_path / "stats.json", merge={"extra": ["coco", "x"]})
     rows = class_rows({"before": a, "after": b})
     groups = {g["source"]: g for g in source_rows(rows, boxes)}
     # laptop (+0.5) and mouse (0; a tie goes to the alphabetically first) are coco's, cat (-0.1) voc's, ski none
@@ -189,6 +192,10 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
                  "--stats", str(tmp_path / "stats.json"), "--split", "breadth")
     assert r.returncode == 0, r.stderr
     assert "| main training source |" in r.stdout and "| coco | 2 | 5 | 15.0 | 40.0 | +12.50 |" in r.stdout
+    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
+                 "--stats", str(tmp_path / "stats.json"), "--merge", "extra=coco,tiny")
+    assert r.returncode == 0, r.stderr
+    assert "| laptop | 2 | 0.0 | 50.0 | +50.0 | extra 5, voc 1 |" in r.stdout and "| extra | 2 | 5 |" in r.stdout
     r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--stats", str(tmp_path / "stats.json"),
                  "--split", "nope")
     assert r.returncode != 0 and "no split 'nope' (it has train, breadth)" in r.stderr

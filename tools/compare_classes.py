@@ -9,7 +9,8 @@ Prints a Markdown table (class, objects, AP of each, change of the last against 
 present in any of the files are listed, a class absent from one shows ``-`` there.  Every file must use the same
 protocol and images (checked: protocol, number of images), else the comparison would mean nothing.
 
-    python tools/compare_classes.py before=… after=… --stats stats.json [--split breadth_train]
+    python tools/compare_classes.py before=… after=… --stats stats.json [--split breadth_train] \\
+        [--merge coco_subsets=coco_tiny_train,coco_tiny_val,tiny_coco_train,tiny_coco_val,coco_mini_train]
 
 ``--stats`` (the ``--json`` of dataset_stats.py; ``--split`` picks one of its splits, default the last) adds each
 class's training boxes by source, and a second table that splits the change of mAP by the source that brought most
@@ -62,9 +63,11 @@ def class_rows(metrics: dict[str, dict], *, sort: str = "delta") -> list[dict]:
     return sorted(rows.values(), key=key[sort])
 
 
-def load_source_boxes(path: str | Path, split: str | None = None) -> dict[str, dict[str, int]]:
+def load_source_boxes(path: str | Path, split: str | None = None,
+                      merge: dict[str, list[str]] | None = None) -> dict[str, dict[str, int]]:
     """Training boxes per class and source from dataset_stats.py's ``--json``: class name -> {source: boxes}, of
-    ``split`` (a dataset name in the file; default its last split)."""
+    ``split`` (a dataset name in the file; default its last split); ``merge`` counts several sources as one
+    (new name -> its sources, each of which must be in the split)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stats file (write one with dataset_stats.py --json)")
@@ -77,12 +80,20 @@ def load_source_boxes(path: str | Path, split: str | None = None) -> dict[str, d
     if split is not None and split not in names:
         raise ValueError(f"{path}: no split {split!r} (it has {', '.join(names)})")
     st = splits[names.index(split)] if split is not None else splits[-1]
+    alias = {}
+    for new_name, parts in (merge or {}).items():
+        for part in parts:
+            if part not in st["sources"]:
+                raise ValueError(f"{path}: {st['dataset']} has no source {part!r} to merge into {new_name!r} "
+                                 f"(it has {', '.join(st['sources'])})")
+            alias[part] = new_name
     out: dict[str, dict[str, int]] = {}
     for source, s in st["sources"].items():
         if "boxes_per_class" not in s:
             raise ValueError(f"{path}: source {source!r} has no boxes_per_class (written by an older dataset_stats.py)")
         for name, n in s["boxes_per_class"].items():
-            out.setdefault(name, {})[source] = n
+            per = out.setdefault(name, {})
+            per[alias.get(source, source)] = per.get(alias.get(source, source), 0) + n
     return out
 
 
@@ -156,7 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--stats", default=None, help="dataset_stats.py --json file: training boxes per class and source")
     ap.add_argument("--split", default=None, help="the split of --stats to use (default: its last)")
+    ap.add_argument("--merge", action="append", default=[], metavar="NAME=SOURCE,SOURCE,...",
+                    help="count these sources of --stats as one (repeatable), e.g. coco_subsets=coco_tiny_train,...")
     args = ap.parse_args(argv)
+    merge = {}
+    for spec in args.merge:
+        name, sep, parts = spec.partition("=")
+        if not sep or not name or not parts:
+            sys.exit(f"error: --merge {spec!r}: give NAME=SOURCE,SOURCE,...")
+        merge[name] = [p for p in parts.split(",") if p]
     metrics = {}
     for spec in args.runs:
         if "=" not in spec:
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
     try:
-        boxes = load_source_boxes(args.stats, args.split) if args.stats else None
+        boxes = load_source_boxes(args.stats, args.split, merge) if args.stats else None
         table = markdown(metrics, class_rows(metrics, sort=args.sort), boxes)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -174,6 +174,14 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
     assert load_source_boxes(tmp_path / "stats.json", merge={"extra": ["coco", "tiny"]})["mouse"] == {"extra": 6}
     with pytest.raises(ValueError, match="no source 'x' to merge into 'extra'"):
         load_source_boxes(tmp_path / "stats.json", merge={"extra": ["coco", "x"]})
+    with pytest.raises(ValueError, match="merge name 'voc' is already a source"):
+        load_source_boxes(tmp_path / "stats.json", merge={"voc": ["coco", "tiny"]})
+    with pytest.raises(ValueError, match="source 'coco' is in both 'x' and 'y'"):
+        load_source_boxes(tmp_path / "stats.json", merge={"x": ["coco"], "y": ["coco"]})
+    for bad in ("", "[1]", "3"):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(ValueError, match="bad.json: not"):
+            load_source_boxes(tmp_path / "bad.json")
     rows = class_rows({"before": a, "after": b})
     groups = {g["source"]: g for g in source_rows(rows, boxes)}
     # laptop (+0.5) and mouse (0; a tie goes to the alphabetically first) are coco's, cat (-0.1) voc's, ski none
@@ -182,6 +190,10 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
     assert groups["coco"]["contribution"] == pytest.approx(0.5 / 4) and groups["voc"]["contribution"] == pytest.approx(-0.1 / 4)
     assert groups["(none)"]["contribution"] == 0 and groups["coco"]["last"] == pytest.approx(0.4)
     assert sum(g["contribution"] for g in groups.values()) == pytest.approx(0.1)  # adds up to the mAP change
+    # a class one evaluation lacks is left out of the shares, and the total row says over how many classes
+    c = metrics(0.3, [(1, "cat", 4, 0.6), (2, "laptop", 2, 0.5), (3, "ski", 1, 0.3)])
+    t2 = markdown({"before": a, "after": c}, class_rows({"before": a, "after": c}), boxes)
+    assert t2.splitlines()[-1] == "| **all** (3 of 4 classes scored by both) | 3 | 7 | | | **+16.67** |"
     table = markdown({"before": a, "after": b}, rows, boxes)
     assert "| laptop | 2 | 0.0 | 50.0 | +50.0 | coco 5, voc 1 |" in table and "| ski | 1 | 30.0 | 30.0 | +0.0 | 0 |" in table
     assert "| coco | 2 | 5 | 15.0 | 40.0 | +12.50 |" in table and "| voc | 1 | 4 | 60.0 | 50.0 | -2.50 |" in table
@@ -196,6 +208,8 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
                  "--stats", str(tmp_path / "stats.json"), "--merge", "extra=coco,tiny")
     assert r.returncode == 0, r.stderr
     assert "| laptop | 2 | 0.0 | 50.0 | +50.0 | extra 5, voc 1 |" in r.stdout and "| extra | 2 | 5 |" in r.stdout
+    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--merge", "extra=coco")
+    assert r.returncode != 0 and "--split and --merge need --stats" in r.stderr
     r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--stats", str(tmp_path / "stats.json"),
                  "--split", "nope")
     assert r.returncode != 0 and "no split 'nope' (it has train, breadth)" in r.stderr

@@ -14,8 +14,9 @@ protocol and images (checked: protocol, number of images), else the comparison w
 
 ``--stats`` (the ``--json`` of dataset_stats.py; ``--split`` picks one of its splits, default the last) adds each
 class's training boxes by source, and a second table that splits the change of mAP by the source that brought most
-of a class's training boxes: the classes of each source add up to the whole change.  It says where a gain or loss
-sits, not what removing a source would do (that needs a run without it).
+of a class's training boxes: the classes of each source add up to the change of mAP over the classes both
+evaluations score (its last row; equal to the mAP row's change when every class is scored by both).  It says where a
+gain or loss sits, not what removing a source would do (that needs a run without it).
 """
 from __future__ import annotations
 
@@ -25,12 +26,19 @@ import sys
 from pathlib import Path
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+
+
 def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such metrics file")
-    d = json.loads(path.read_text())
-    if "per_class" not in d or "mAP" not in d:
+    d = _read_json(path)
+    if not isinstance(d, dict) or "per_class" not in d or "mAP" not in d:
         raise ValueError(f"{path}: not a metrics.json (needs 'mAP' and 'per_class')")
     return d
 
@@ -71,21 +79,28 @@ def load_source_boxes(path: str | Path, split: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stats file (write one with dataset_stats.py --json)")
-    splits = json.loads(path.read_text())
+    splits = _read_json(path)
     if isinstance(splits, dict):
         splits = [splits]
-    if not splits or any("sources" not in st or "dataset" not in st for st in splits):
+    if (not isinstance(splits, list) or not splits
+            or any(not isinstance(st, dict) or "sources" not in st or "dataset" not in st for st in splits)):
         raise ValueError(f"{path}: not a dataset_stats.py --json file (needs 'dataset' and 'sources')")
     names = [st["dataset"] for st in splits]
     if split is not None and split not in names:
         raise ValueError(f"{path}: no split {split!r} (it has {', '.join(names)})")
     st = splits[names.index(split)] if split is not None else splits[-1]
-    alias = {}
+    alias: dict[str, str] = {}
     for new_name, parts in (merge or {}).items():
+        if not parts:
+            raise ValueError(f"merge {new_name!r}: no sources to merge")
+        if new_name in st["sources"] and new_name not in parts:
+            raise ValueError(f"{path}: merge name {new_name!r} is already a source of {st['dataset']}")
         for part in parts:
             if part not in st["sources"]:
                 raise ValueError(f"{path}: {st['dataset']} has no source {part!r} to merge into {new_name!r} "
                                  f"(it has {', '.join(st['sources'])})")
+            if part in alias:
+                raise ValueError(f"merge: source {part!r} is in both {alias[part]!r} and {new_name!r}")
             alias[part] = new_name
     out: dict[str, dict[str, int]] = {}
     for source, s in st["sources"].items():
@@ -154,9 +169,13 @@ def markdown(metrics: dict[str, dict], rows: list[dict],
     if source_boxes is not None and change:
         lines += ["", f"| main training source | classes | objects | mean AP {names[0]} | mean AP {names[-1]} | "
                       "share of the mAP change |", "|---|---|---|---|---|---|"]
-        for g in source_rows(rows, source_boxes):
+        groups = source_rows(rows, source_boxes)
+        for g in groups:
             lines.append(f"| {g['source']} | {g['classes']} | {g['num_gt']} | {pct(g['first'])} | {pct(g['last'])} | "
                          f"{100 * g['contribution']:+.2f} |")
+        scored = sum(g["classes"] for g in groups)
+        lines.append(f"| **all** ({scored} of {len(rows)} classes scored by both) | {scored} | "
+                     f"{sum(g['num_gt'] for g in groups)} | | | **{100 * sum(g['contribution'] for g in groups):+.2f}** |")
     return "\n".join(lines)
 
 
@@ -175,7 +194,13 @@ def main(argv: list[str] | None = None) -> None:
         name, sep, parts = spec.partition("=")
         if not sep or not name or not parts:
             sys.exit(f"error: --merge {spec!r}: give NAME=SOURCE,SOURCE,...")
+        if name in merge:
+            sys.exit(f"error: --merge {name!r} given twice")
         merge[name] = [p for p in parts.split(",") if p]
+        if not merge[name]:
+            sys.exit(f"error: --merge {spec!r}: no sources")
+    if not args.stats and (args.split or merge):
+        ap.error("--split and --merge need --stats")
     metrics = {}
     for spec in args.runs:
         if "=" not in spec:

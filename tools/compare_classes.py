@@ -106,17 +106,22 @@ def load_source_boxes(path: str | Path, split: str | None = None,
     for source, s in st["sources"].items():
         if "boxes_per_class" not in s:
             raise ValueError(f"{path}: source {source!r} has no boxes_per_class (written by an older dataset_stats.py)")
+        key = alias.get(source, source)
         for name, n in s["boxes_per_class"].items():
             per = out.setdefault(name, {})
-            per[alias.get(source, source)] = per.get(alias.get(source, source), 0) + n
+            per[key] = per.get(key, 0) + n
     return out
+
+
+def by_count(boxes: dict[str, int] | None) -> list[tuple[str, int]]:
+    """A class's (source, boxes), most boxes first (a tie: alphabetical)."""
+    return sorted((boxes or {}).items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def main_source(boxes: dict[str, int] | None) -> str:
     """The source with most of a class's training boxes (a tie: the alphabetically first), or '(none)'."""
-    if not boxes:
-        return "(none)"
-    return min(boxes, key=lambda k: (-boxes[k], k))
+    ranked = by_count(boxes)
+    return ranked[0][0] if ranked else "(none)"
 
 
 def source_rows(rows: list[dict], source_boxes: dict[str, dict[str, int]]) -> list[dict]:
@@ -127,9 +132,9 @@ def source_rows(rows: list[dict], source_boxes: dict[str, dict[str, int]]) -> li
     groups: dict[str, list[dict]] = {}
     for r in both:
         groups.setdefault(main_source(source_boxes.get(r["name"])), []).append(r)
+    names = list(both[0]["ap"]) if both else []
     out = []
     for source, rs in groups.items():
-        names = list(rs[0]["ap"])
         out.append({"source": source, "classes": len(rs), "num_gt": sum(r["num_gt"] for r in rs),
                     "first": sum(r["ap"][names[0]] for r in rs) / len(rs),
                     "last": sum(r["ap"][names[-1]] for r in rs) / len(rs),
@@ -145,8 +150,7 @@ def markdown(metrics: dict[str, dict], rows: list[dict],
         return "-" if v is None else f"{100 * v:.1f}"
 
     def boxes(name):
-        b = (source_boxes or {}).get(name) or {}
-        return ", ".join(f"{k} {n}" for k, n in sorted(b.items(), key=lambda kv: (-kv[1], kv[0]))) or "0"
+        return ", ".join(f"{k} {n}" for k, n in by_count((source_boxes or {}).get(name))) or "0"
 
     change = len(names) > 1
     head = ["class", "objects", *names] + (["change"] if change else []) + (

@@ -12,6 +12,7 @@ object, whether its best well-localised proposal (IoU >= 0.5) outscores its best
 ``tools/extract_proposals.py --split train``); images without them are counted and left out.
 
     python tools/ablate_finetune.py --stages 0 1 2 --epochs 3 --train-images 600 --dev-images 150
+    python tools/ablate_finetune.py --stages 2 --fg-iou 0.5 0.6 0.7 --dev-every 5    # the positives' IoU threshold
 """
 from __future__ import annotations
 
@@ -92,6 +93,9 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=0, help="at most this many training images (0: all)")
     ap.add_argument("--dev-images", type=int, default=0, help="at most this many dev images (0: all)")
     ap.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    ap.add_argument("--fg-iou", type=float, nargs="+", default=[0.5],
+                    help="positive IoU thresholds to compare (a proposal below it is background); one run per "
+                         "stages x threshold")
     ap.add_argument("--nms", type=float, nargs="+", default=[0.3, 0.4, 0.5],
                     help="per-class NMS thresholds to score (the first is the table's)")
     ap.add_argument("--out", default="checkpoints/ablate_finetune")
@@ -121,33 +125,37 @@ def main() -> None:
 
     rows = []
     base = OmegaConf.to_container(cfg.model)
-    for k in sorted(args.stages, reverse=True):  # the earliest cut first: the later cuts' maps derive from it
+    # the earliest cut first: the later cuts' maps derive from it
+    runs = [(k, f) for k in sorted(args.stages, reverse=True) for f in args.fg_iou]
+    for k, fg_iou in runs:
         rcfg = RegionConfig(**{**base, "members": args.members, "trainable_stages": k})
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights="imagenet")]).eval()
-        mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs, "trunk_lr_scale": args.trunk_lr_scale})
+        mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs,
+                                 "trunk_lr_scale": args.trunk_lr_scale, "fg_iou": fg_iou})
+        run_dir = Path(args.out) / (f"stages{k}" if len(args.fg_iou) == 1 else f"stages{k}_fg{fg_iou:g}")
         t = time.perf_counter()
-        rec = train_finetuned(model, ds, train_props, settings=mset, cache_root=cache,
-                              out_dir=Path(args.out) / f"stages{k}", log=lambda *a: None)
+        rec = train_finetuned(model, ds, train_props, settings=mset, cache_root=cache, out_dir=run_dir,
+                              log=lambda *a: None)
         t_train = time.perf_counter() - t
         model.eval()
-        row = {"trainable_stages": k, "stages": rec["stages"], "train_images": rec["images"],
+        row = {"trainable_stages": k, "fg_iou": fg_iou, "stages": rec["stages"], "train_images": rec["images"],
                "epoch_seconds": rec["seconds"] / max(1, len(rec["epochs"])), "cache_seconds": rec["trunk_cache_seconds"],
                "train_seconds": t_train, "final_loss": rec["epochs"][-1]["loss"],
                "roi_accuracy": rec["epochs"][-1]["roi_accuracy"]}
         row.update(dev_scores(model, dev_ds, dev_props, nms=args.nms))
         row["dev_mAP"], row["dev_mAP_member0"] = row[f"mAP@nms{args.nms[0]:g}"], row[f"mAP_member0@nms{args.nms[0]:g}"]
         rows.append(row)
-        torch.save({"row": row}, Path(args.out) / f"stages{k}" / "dev.pt")
-        print(f"stages {k} ({', '.join(rec['stages']) or 'frozen'}): dev mAP {100 * row['dev_mAP']:.2f}% "
+        torch.save({"row": row}, run_dir / "dev.pt")
+        print(f"stages {k} ({', '.join(rec['stages']) or 'frozen'}), positives IoU >= {fg_iou:g}: dev mAP {100 * row['dev_mAP']:.2f}% "
               f"(member 0 {100 * row['dev_mAP_member0']:.2f}%), well- beats poorly-localised "
               f"{row['wins']}/{row['contests']}, {row['epoch_seconds']:.0f} s/epoch", flush=True)
-    print(f"\n{'trainable stages':<26}{'dev mAP':>9}{'member 0':>10}{'loc wins':>12}{'s/epoch':>9}")
+    print(f"\n{'trainable stages':<26}{'fg IoU':>7}{'dev mAP':>9}{'member 0':>10}{'loc wins':>12}{'s/epoch':>9}")
     for r in rows:
         name = f"{r['trainable_stages']} ({', '.join(r['stages']) or 'frozen'})"
-        print(f"{name:<26}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
+        print(f"{name:<26}{r['fg_iou']:>7g}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
               f"{r['wins']:>6}/{r['contests']:<5}{r['epoch_seconds']:>9.0f}")
     print("dev mAP (six members) by per-class NMS threshold: " + "; ".join(
-        f"stages {r['trainable_stages']}: " + ", ".join(f"{t:g} {100 * r[f'mAP@nms{t:g}']:.2f}%" for t in args.nms)
+        f"stages {r['trainable_stages']} fg {r['fg_iou']:g}: " + ", ".join(f"{t:g} {100 * r[f'mAP@nms{t:g}']:.2f}%" for t in args.nms)
         for r in rows))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "ablation.json").write_text(json.dumps(rows, indent=2))

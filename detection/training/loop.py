@@ -38,6 +38,14 @@ class MemberRun:
                 diff = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
                 raise RuntimeError(f"{self.ckpt}: the checkpoint of another run (it differs in {', '.join(diff)}); "
                                    f"give another out_dir or delete it to start afresh")
+            # the same recipe too: a resumed run with another fg_iou, learning rate or epoch count (the schedule's
+            # length) would mix two runs in one set of weights
+            mine_s, theirs_s = asdict(settings), ck["record"].get("settings", {})
+            changed = sorted(k for k in set(mine_s) & set(theirs_s) if mine_s[k] != theirs_s[k])
+            if changed:
+                raise RuntimeError(f"{self.ckpt}: the checkpoint of a run with other training settings ("
+                                   + ", ".join(f"{k} {theirs_s[k]!r} -> {mine_s[k]!r}" for k in changed)
+                                   + "); give another out_dir, or delete it to start afresh")
             module.load_state_dict(ck["module"])
             self.opt.load_state_dict(ck["opt"])
             self.sched.load_state_dict(ck["sched"])

@@ -81,6 +81,9 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
         f"init_model={tmp_path / 'model' / '..' / 'model' / 'region.pt'}"]
     r = run(sys.executable, "tools/train_classifier.py", *again)
     assert r.returncode == 0 and "fine-tuning: resumed" in r.stdout, r.stderr[-3000:]
+    # ... but not with another recipe: two positive thresholds in one set of weights would be neither run
+    r = run(sys.executable, "tools/train_classifier.py", *again, "train.fg_iou=0.7")
+    assert r.returncode != 0 and "other training settings (fg_iou 0.6 -> 0.7)" in r.stderr, r.stderr[-3000:]
     r = run(sys.executable, "tools/train_classifier.py", *[o for o in cont if not o.startswith("init_model=")])
     assert r.returncode != 0 and "the checkpoint of another run (it differs in init_model)" in r.stderr
 

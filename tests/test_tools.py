@@ -218,3 +218,23 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
         load_source_boxes(tmp_path / "old.json")
     with pytest.raises(FileNotFoundError, match="dataset_stats.py --json"):
         load_source_boxes(tmp_path / "missing.json")
+
+
+def test_ablate_finetune_dev_split_is_carved_from_voc07_train_photos_with_proposals():
+    """The dev split of the ablations: every k-th voc07 photo by position, only images with proposals, never a
+    photo in both halves -- the settings are chosen on it, so a leak into training would flatter them."""
+    import torch
+    from types import SimpleNamespace
+
+    import ablate_finetune as af
+
+    paths = ["voc07/train/a.jpg", "voc07/train/b.jpg", "coco128/c.jpg", "voc07/train/d.jpg", "voc07/train/e.jpg",
+             "fruit/f.jpg", "voc07/train/g.jpg"]
+    ds = SimpleNamespace(records=[SimpleNamespace(path=Path(p)) for p in paths])
+    props = [torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4), None, torch.zeros(1, 4),
+             torch.zeros(1, 4)]
+    dev, train = af.carve_dev(ds, props, every=3)
+    assert dev == [0, 3, 6]             # positions 0, 3, 6: voc07 photos with proposals
+    assert train == [1, 2, 5]           # position 4 has no proposals: in neither half
+    dev, train = af.carve_dev(ds, props, every=2)
+    assert dev == [0, 6] and train == [1, 2, 3, 5]  # 2 (coco) and 4 (no proposals) never in dev

@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=0, help="at most this many training images (0: all)")
     ap.add_argument("--dev-images", type=int, default=0, help="at most this many dev images (0: all)")
     ap.add_argument("--trunk-lr-scale", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0, help="the training draws' seed (another seed: the noise of a row)")
     ap.add_argument("--fg-iou", type=float, nargs="+", default=[0.5],
                     help="positive IoU thresholds to compare (a proposal below it is background); one run per "
                          "stages x threshold")
@@ -131,14 +132,14 @@ def main() -> None:
         rcfg = RegionConfig(**{**base, "members": args.members, "trainable_stages": k})
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights="imagenet")]).eval()
         mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs,
-                                 "trunk_lr_scale": args.trunk_lr_scale, "fg_iou": fg_iou})
+                                 "trunk_lr_scale": args.trunk_lr_scale, "fg_iou": fg_iou, "seed": args.seed})
         run_dir = Path(args.out) / (f"stages{k}" if len(args.fg_iou) == 1 else f"stages{k}_fg{fg_iou:g}")
         t = time.perf_counter()
         rec = train_finetuned(model, ds, train_props, settings=mset, cache_root=cache, out_dir=run_dir,
                               log=lambda *a: None)
         t_train = time.perf_counter() - t
         model.eval()
-        row = {"trainable_stages": k, "fg_iou": fg_iou, "stages": rec["stages"], "train_images": rec["images"],
+        row = {"trainable_stages": k, "fg_iou": fg_iou, "seed": args.seed, "stages": rec["stages"], "train_images": rec["images"],
                "epoch_seconds": rec["seconds"] / max(1, len(rec["epochs"])), "cache_seconds": rec["trunk_cache_seconds"],
                "train_seconds": t_train, "final_loss": rec["epochs"][-1]["loss"],
                "roi_accuracy": rec["epochs"][-1]["roi_accuracy"]}

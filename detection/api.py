@@ -174,12 +174,13 @@ class ObjectDetector(Detector):
         s = self.settings
         return (f"ObjectDetector({s.members or c.members} of {c.members} x {c.backbone} ({c.mode}), "
                 f"proposals={self.proposal_preset!r}, nms_iou={s.nms_iou}, score_threshold={s.score_threshold}, "
+                f"flip={s.flip}, "
                 f"device={self.device!r})")
 
 
 def load_detector(model: str | Path | None = None, *, proposals="paper", device: str = "cpu",
                   members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
-                  max_per_class: int = 100, cache_dir: str | Path | None = None,
+                  max_per_class: int = 100, flip: bool = False, cache_dir: str | Path | None = None,
                   backbone_weights: str | None = "imagenet") -> ObjectDetector:
     """The detector, ready to run.
 
@@ -191,6 +192,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...  (both the classifiers and MultiBox run there).
         members: use the first N members of the ensemble (``None``: all six).
         nms_iou / score_threshold / max_per_class: the per-class NMS and what is kept per image.
+        flip: also classify every proposal on the mirror image and average the two views' softmax (twice the
+            classifier's time).
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration): ``"imagenet"``,
             a local ``.pth`` file, or ``None``.
@@ -211,7 +214,7 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         cache_dir = Path(__file__).resolve().parents[1] / ".cache"
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
-                                    members=members)
+                                    members=members, flip=flip)
     name = proposals if isinstance(proposals, (str, Path)) else "custom"
     return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),
                           device=str(dev))

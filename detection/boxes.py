@@ -28,6 +28,7 @@ __all__ = [
     "box_xyxy_to_yolo",
     "box_inclusive_to_xyxy",
     "box_xyxy_to_inclusive",
+    "mirror_boxes",
 ]
 
 
@@ -77,3 +78,9 @@ def box_xyxy_to_inclusive(boxes) -> Tensor:
     b[:, :2] += 1.0
     return b
 
+
+
+def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
+    """Boxes ``[N, 4]`` xyxy of an image ``width`` pixels wide -> the same boxes in its mirror image (flipped left to
+    right); applying it twice gives the boxes back."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)

@@ -24,6 +24,9 @@ class DetectorSettings:
     max_per_class: int = 100  # per image
     score_threshold: float = 0.01
     members: int | None = None  # use the first ``members`` members of the ensemble (None: all)
+    # also classify every proposal on the mirror image and average both views' softmax (test-time augmentation;
+    # the classifiers were trained on both): twice the classifier's time
+    flip: bool = False
 
 
 @dataclass
@@ -89,7 +92,7 @@ class Detector:
             seconds.update(getattr(self.proposals, "last_seconds", {}))
             seconds["proposals"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members)
+        probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip)
         t2 = time.perf_counter()
         b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,
                                 max_per_class=self.settings.max_per_class,

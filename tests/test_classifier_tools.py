@@ -101,13 +101,20 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert (tmp_path / "sweep" / "1" / "errors.png").stat().st_size > 10_000
 
     # compare_detectors: one trunk pass per image gives the same figures as the separate eval_map runs
+    # ... with the test-time flip too (detector.flip=true: each proposal's softmax averaged with its mirror image's)
+    r = run(sys.executable, "tools/eval_map.py", *[o for o in ev if not o.startswith("hydra.sweep")],
+            "ensemble.size=2", "detector.flip=true", f"hydra.run.dir={tmp_path / 'flip'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    flip_map = json.loads((tmp_path / "flip" / "metrics.json").read_text())["mAP"]
     r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "1",
-            "2", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}", "--out", str(tmp_path / "cmp"),
-            *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
+            "2", "--flip", "off", "on", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}", "--out",
+            str(tmp_path / "cmp"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
     assert r.returncode == 0, r.stderr[-3000:]
     cmp = {row["variant"]: row["mAP"] for row in json.loads((tmp_path / "cmp" / "summary.json").read_text())}
+    assert set(cmp) == {"tiny-rcnn-m1", "tiny-rcnn-m2", "tiny-rcnn-m1-flip", "tiny-rcnn-m2-flip"}
     assert cmp["tiny-rcnn-m1"] == pytest.approx(jobs[0]["mAP"], abs=1e-9)
     assert cmp["tiny-rcnn-m2"] == pytest.approx(jobs[1]["mAP"], abs=1e-9)
+    assert cmp["tiny-rcnn-m2-flip"] == pytest.approx(flip_map, abs=1e-6) and flip_map != jobs[1]["mAP"]
 
     # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)
     photo = tmp_path / "chelsea.png"

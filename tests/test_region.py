@@ -151,6 +151,35 @@ def test_roi_ensemble_averages_member_softmax(lite0):
     torch.testing.assert_close(model.heads[2](pooled), logits[2], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["roi", "warp"])
+def test_flip_view_is_the_mirror_image_with_mirrored_boxes(lite0, mode):
+    """flip=True: the second view is the network's input flipped with the boxes mirrored, so the two-view softmax of
+    an image equals that of its mirror image (views swap), and each view equals a plain call on that image."""
+    import numpy as np
+
+    from detection.boxes import mirror_boxes
+
+    kw = {"roi_layer": "stem", "roi_size": 4} if mode == "roi" else {"mode": "warp", "crop_size": 64,
+                                                                      "context_padding": 8}
+    model = _ensemble(lite0, members=2, **kw)
+    img = skimage.data.chelsea()[:, :-1]  # 450 x 300, an even width
+    boxes = torch.tensor([[50.0, 10, 400, 300], [0, 0, 100, 100], [300, 150, 330, 200]])
+    mirror, mboxes = np.ascontiguousarray(img[:, ::-1]), mirror_boxes(boxes, img.shape[1])
+    views = model.member_logits(img, boxes, flip=True)
+    assert views.shape == (2, 2, 3, 201)
+    assert set(model.last_seconds) >= {"flip_view"}
+    torch.testing.assert_close(views[0], model.member_logits(img, boxes), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(views[1], model.member_logits(mirror, mboxes), atol=1e-3, rtol=1e-3)
+    assert (views[0] - views[1]).abs().max() > 1e-2  # a real second view, not a copy
+    p = model.predict(img, boxes, flip=True)
+    torch.testing.assert_close(p, views.softmax(-1).mean((0, 1)))
+    torch.testing.assert_close(p, model.predict(mirror, mboxes, flip=True), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(model.predict(img, boxes, members=1, flip=True), views[:, 0].softmax(-1).mean(0))
+    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=True))
+    res = det.detect(img, boxes=boxes)
+    assert "classify.flip_view" in res.seconds and len(res.boxes) > 0
+
+
 def test_stem_layer_pools_the_map_before_the_last_block(lite0):
     """roi_layer=stem: RoIs pooled from lite0's 320-channel blocks.6 map (before conv_head), 4x4; the heads
     standardise their input with the saved statistics."""

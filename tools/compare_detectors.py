@@ -2,7 +2,8 @@
 """Score several region-classifier models x proposal sets x member counts on a split, one trunk pass per image and
 model (roi mode: a proposal's scores do not depend on the other proposals, so the union of every proposal set is
 classified at once and each set's scores are taken from it).  The figures equal separate
-``tools/eval_map.py`` runs (``ensemble.model=``, ``proposals=``, ``ensemble.size=``), at a fraction of the time.
+``tools/eval_map.py`` runs (``ensemble.model=``, ``proposals=``, ``ensemble.size=``, ``detector.flip=``), at a
+fraction of the time.
 
     python tools/compare_detectors.py --split val --model new=detection/models/weights/region_lite0.pt \\
         --model old=/path/old_region.pt --proposals paper ss rcnn --members 6 1 --out results/compare_val
@@ -50,6 +51,9 @@ def main() -> None:
                     help="a region-classifier file (repeatable); 'default' = the embedded model")
     ap.add_argument("--proposals", nargs="+", default=["paper", "ss"], choices=sorted(PROPOSAL_SETS))
     ap.add_argument("--members", type=int, nargs="+", default=[6, 1])
+    ap.add_argument("--flip", nargs="+", default=["off"], choices=["off", "on"],
+                    help="test-time flip: 'on' also averages each proposal's softmax on the mirror image; "
+                         "'off on' scores both from one pass (variants named ...-flip)")
     ap.add_argument("--nms", type=float, default=0.3)
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
@@ -82,7 +86,8 @@ def main() -> None:
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath)
         M = model.cfg.members
-        per = {(p, m): [] for p in sets for m in args.members}
+        flips = sorted(set(args.flip), key=["off", "on"].index)
+        per = {(p, m, f): [] for p in sets for m in args.members for f in flips}
         t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():
             for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
@@ -96,26 +101,28 @@ def main() -> None:
                 # the sets share most boxes (paper = MultiBox's 200 + selective search): classify each box once
                 allb = torch.cat(boxes)
                 uniq, inv = torch.unique(allb, dim=0, return_inverse=True)
-                logits = model.member_logits(img, uniq).float()[:, inv]
+                views = model.member_logits(img, uniq, flip="on" in flips).float()
+                probs_v = (views if "on" in flips else views[None])[:, :, inv].softmax(-1)  # [V, M, N, C]
                 s = 0
                 for p, b in zip(sets, boxes):
-                    part = logits[:, s:s + len(b)]
+                    part = probs_v[:, :, s:s + len(b)]
                     s += len(b)
                     for m in args.members:
-                        probs = part[:min(m, M)].softmax(-1).mean(0)
-                        per[(p, m)].append(postprocess(b, probs, nms_iou=args.nms))
+                        for f in flips:
+                            probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
+                            per[(p, m, f)].append(postprocess(b, probs, nms_iou=args.nms))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")
-        for (p, m), dets in per.items():
+        for (p, m, f), dets in per.items():
             d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
-            name = f"{mname}-{p}-m{m}"
+            name = f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "")
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
-                         extra={"model": mpath, "proposals": p, "members": m, "errors": errors.to_dict(det200()),
+                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")

@@ -34,6 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--proposals", default="paper",
                    help="proposal preset in configs/proposals/ (paper: SS k x 2 + MultiBox 200; rcnn: SS k x 1)")
     p.add_argument("--members", type=int, default=None, help="use the first N ensemble members (default: all)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="also classify each proposal on the mirror image, averaging both views (default: off)")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         from detection.distributed import rank_device
 
         det = load_detector(args.model, proposals=args.proposals, device=str(rank_device(args.device)),
-                            members=args.members, score_threshold=args.min_score)
+                            members=args.members, score_threshold=args.min_score, flip=args.flip)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         finish(world)

@@ -50,6 +50,7 @@ class DetectorConfig:
     nms_iou: float = 0.3
     max_per_class: int = 100
     score_threshold: float = 0.01
+    flip: bool = False  # average each proposal's softmax with its mirror image's (test-time flip)
 
 
 @dataclass
@@ -143,7 +144,8 @@ def build_detector(cfg: DictConfig):
     return load_detector(cfg.ensemble.model, proposals=proposal_settings(cfg.proposals),
                          device=str(rank_device(cfg.ensemble.device)), members=cfg.ensemble.size,
                          nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
-                         score_threshold=cfg.detector.score_threshold, cache_dir=resolve_cache_dir(cfg))
+                         score_threshold=cfg.detector.score_threshold, flip=cfg.detector.flip,
+                         cache_dir=resolve_cache_dir(cfg))
 
 
 def distributed_context(device: str = "cpu") -> tuple[int, int]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detection.boxes import mirror_boxes
 from detection.crops import context_boxes, warp_crops
 from detection.models.backbones import Backbone
 
@@ -276,16 +277,34 @@ class RegionEnsemble(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.inference_mode()
-    def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64) -> Tensor:
-        """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``."""
+    def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64, flip: bool = False
+                      ) -> Tensor:
+        """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``.
+
+        ``flip``: also classify the mirror image (the network input flipped left to right, the boxes mirrored with
+        it), a second view of every proposal: ``Tensor[2, M, N, classes]``, the image's view first."""
+        x, scale = self.prepare_image(image_rgb)
+        boxes = boxes.float().to(self.device)
+        views = [(x, boxes)]
+        if flip:
+            views.append((x.flip(-1), mirror_boxes(boxes, float(image_rgb.shape[1]))))
+        seconds: dict = {}
+        out = torch.stack([self._view_logits(v, b, scale, batch_size, seconds) for v, b in views])
+        if flip:
+            seconds["flip_view"] = seconds.pop("view1")
+        seconds.pop("view0", None)
+        self.last_seconds = seconds
+        return out if flip else out[0]
+
+    def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict) -> Tensor:
         import time
 
         t0 = time.perf_counter()
-        x, scale = self.prepare_image(image_rgb)
-        boxes = boxes.float().to(self.device)
         M, N = self.cfg.members, boxes.shape[0]
         out = torch.zeros(M, N, self.cfg.num_classes, device=self.device)
+        view = f"view{sum(k.startswith('view') for k in seconds)}"
         if N == 0:
+            seconds[view] = 0.0
             return out
         if self.cfg.mode == "roi":
             rois = self.rois(boxes, scale=scale)
@@ -298,7 +317,9 @@ class RegionEnsemble(nn.Module):
                 out[m] = self.heads[m](pooled[key])
                 t_heads += time.perf_counter() - t
             total = time.perf_counter() - t0
-            self.last_seconds = {"trunk_and_roi_pool": total - t_heads, "heads": t_heads}
+            seconds["trunk_and_roi_pool"] = seconds.get("trunk_and_roi_pool", 0.0) + total - t_heads
+            seconds["heads"] = seconds.get("heads", 0.0) + t_heads
+            seconds[view] = total
             return out
         for s in range(0, N, batch_size):  # warp: crops in batches, the trunk once per batch if shared
             crops = warp_crops(x, boxes[s:s + batch_size], size=self.cfg.crop_size, padding=self.cfg.context_padding)
@@ -308,17 +329,22 @@ class RegionEnsemble(nn.Module):
                 if key not in fmaps:
                     fmaps[key] = self._backbone(m)(crops)
                 out[m, s:s + batch_size] = self.heads[m](fmaps[key])
-        self.last_seconds = {"crops_trunk_and_heads": time.perf_counter() - t0}
+        t = time.perf_counter() - t0
+        seconds["crops_trunk_and_heads"] = seconds.get("crops_trunk_and_heads", 0.0) + t
+        seconds[view] = t
         return out
 
-    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None) -> Tensor:
-        """Averaged softmax of the first ``members`` members (all by default): ``Tensor[N, classes]``, CPU float."""
-        logits = self.member_logits(image_rgb, boxes)
-        if members is not None:
-            if not 1 <= members <= self.cfg.members:
-                raise ValueError(f"members must be in 1..{self.cfg.members}, got {members}")
-            logits = logits[:members]
-        return logits.float().softmax(-1).mean(0).cpu()
+    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None, flip: bool = False
+                ) -> Tensor:
+        """Averaged softmax of the first ``members`` members (all by default): ``Tensor[N, classes]``, CPU float.
+        ``flip``: the average also takes in every member's softmax on the mirror image (2 x members views)."""
+        if members is not None and not 1 <= members <= self.cfg.members:
+            raise ValueError(f"members must be in 1..{self.cfg.members}, got {members}")
+        logits = self.member_logits(image_rgb, boxes, flip=flip)
+        if not flip:
+            logits = logits[None]
+        logits = logits[:, :members] if members is not None else logits
+        return logits.float().softmax(-1).mean((0, 1)).cpu()
 
 
 # ------------------------------------------------------------------ persistence

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from detection.progress import progress as progress_bar
 
+from detection.boxes import mirror_boxes
 from detection.data.records import DetectionDataset
 from detection.models.region import RegionEnsemble, roi_pool, split_stem
 from detection.training.loop import MemberRun
@@ -42,11 +43,6 @@ from proposals.cache import DatasetCache, ProposalCache, file_sha1
 
 __all__ = ["TrunkCache", "trunk_cache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
            "epoch_order", "batch_draws"]
-
-
-def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
-    """Boxes ``[N, 4]`` xyxy of an image ``width`` pixels wide -> the same boxes in its mirror image."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
 
 
 class TrunkCache(ProposalCache):

@@ -180,7 +180,7 @@ class ObjectDetector(Detector):
 
 def load_detector(model: str | Path | None = None, *, proposals="paper", device: str = "cpu",
                   members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
-                  max_per_class: int = 100, flip: bool = False, cache_dir: str | Path | None = None,
+                  max_per_class: int = 100, flip: bool = True, cache_dir: str | Path | None = None,
                   backbone_weights: str | None = "imagenet") -> ObjectDetector:
     """The detector, ready to run.
 
@@ -192,8 +192,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...  (both the classifiers and MultiBox run there).
         members: use the first N members of the ensemble (``None``: all six).
         nms_iou / score_threshold / max_per_class: the per-class NMS and what is kept per image.
-        flip: also classify every proposal on the mirror image and average the two views' softmax (twice the
-            classifier's time).
+        flip: also classify every proposal on the mirror image and average the two views' softmax (the default;
+            twice the classifier's time); ``False``: the image's view only.
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration): ``"imagenet"``,
             a local ``.pth`` file, or ``None``.

@@ -86,6 +86,8 @@ def test_load_detector_settings_and_errors(tmp_path):
     assert det.settings.members == 2 and det.settings.nms_iou == 0.4 and det.settings.score_threshold == 0.2
     assert det.proposals.mb is None and det.proposals.settings.selective_search.k_scale == 1.0
     assert "2 of 6" in repr(det) and "'rcnn'" in repr(det)
+    assert det.settings.flip and "flip=True" in repr(det)  # the test-time flip is on by default
+    assert not load_detector(proposals="rcnn", flip=False, cache_dir=tmp_path).settings.flip
     assert load_detector(cache_dir=tmp_path).proposals.settings.multibox.top_k == 200  # paper by default
     with pytest.raises(ValueError, match="unknown proposal preset 'fast'.*paper, rcnn"):
         load_detector(proposals="fast")

@@ -89,7 +89,7 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
 
     # eval_map runs the detector over the split (proposals from the cache) and scores it; -m sweeps the ensemble
     ev = common + [f"ensemble.model={tmp_path / 'model' / 'region.pt'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    r = run(sys.executable, "tools/eval_map.py", "-m", *ev, "ensemble.size=1,2")
+    r = run(sys.executable, "tools/eval_map.py", "-m", *ev, "ensemble.size=1,2", "detector.flip=false")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Sweep summary (2 jobs" in r.stdout and "are left out of the evaluation" in r.stdout
     jobs = json.loads((tmp_path / "sweep" / "summary.json").read_text())
@@ -101,9 +101,9 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert (tmp_path / "sweep" / "1" / "errors.png").stat().st_size > 10_000
 
     # compare_detectors: one trunk pass per image gives the same figures as the separate eval_map runs
-    # ... with the test-time flip too (detector.flip=true: each proposal's softmax averaged with its mirror image's)
+    # ... and with the test-time flip, the default (each proposal's softmax averaged with its mirror image's)
     r = run(sys.executable, "tools/eval_map.py", *[o for o in ev if not o.startswith("hydra.sweep")],
-            "ensemble.size=2", "detector.flip=true", f"hydra.run.dir={tmp_path / 'flip'}")
+            "ensemble.size=2", f"hydra.run.dir={tmp_path / 'flip'}")
     assert r.returncode == 0, r.stderr[-3000:]
     flip_map = json.loads((tmp_path / "flip" / "metrics.json").read_text())["mAP"]
     r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "1",

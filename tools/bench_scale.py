@@ -87,7 +87,8 @@ def bench_api(args) -> dict:
     t = time.perf_counter()
     det = load_detector()
     out = {"load_s": time.perf_counter() - t, "threads": args.threads, "repeats": args.repeats, "photos": {}}
-    for name in ("chelsea", "coffee", "astronaut"):
+    for name, flip in [(n, f) for f in args.flip for n in ("chelsea", "coffee", "astronaut")]:
+        det.settings.flip = flip == "on"
         img = getattr(skimage.data, name)()
         det.detect(img)  # warm-up: first-call set-up costs
         times, stages = [], []
@@ -96,8 +97,9 @@ def bench_api(args) -> dict:
             r = det.detect(img)
             times.append(time.perf_counter() - t)
             stages.append(r.seconds)
-        keys = [k for k in stages[0] if not k.startswith("classify.")]
-        out["photos"][name] = {
+        keys = [k for k in stages[0] if not k.startswith("classify.")] + (
+            ["classify.flip_view"] if det.settings.flip else [])
+        out.setdefault("photos" if flip == "on" else "photos_no_flip", {})[name] = {
             "size": f"{img.shape[1]}x{img.shape[0]}", "detect_median_s": statistics.median(times),
             "stage_median_s": {k: float(np.median([s[k] for s in stages])) for k in keys},
             "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in r.to_list()[:3]]}
@@ -112,6 +114,8 @@ def main() -> None:
     p.add_argument("--sweep-split", default="val_small")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="api: torch threads")
+    p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
+                   help="api: with the test-time mirror view (on, the default), without it (off), or both")
     p.add_argument("--out", default="outputs/bench_scale")
     args = p.parse_args()
     out = (ROOT / args.out).resolve()
@@ -122,7 +126,8 @@ def main() -> None:
         res["api"] = a = bench_api(args)
         print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']} on {a['threads']} "
               f"thread(s):")
-        for name, ph in a["photos"].items():
+        for name, ph in [(f"{n}{' no flip' if k == 'photos_no_flip' else ''}", ph)
+                         for k in ("photos", "photos_no_flip") for n, ph in a.get(k, {}).items()]:
             print(f"  {name} ({ph['size']}): {ph['detect_median_s']:.2f} s ("
                   + ", ".join(f"{k} {v:.2f}" for k, v in ph["stage_median_s"].items()) + "); top: "
                   + ", ".join(f"{d['name']} {d['score']:.2f}" for d in ph["top"]))

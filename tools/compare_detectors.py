@@ -51,9 +51,10 @@ def main() -> None:
                     help="a region-classifier file (repeatable); 'default' = the embedded model")
     ap.add_argument("--proposals", nargs="+", default=["paper", "ss"], choices=sorted(PROPOSAL_SETS))
     ap.add_argument("--members", type=int, nargs="+", default=[6, 1])
-    ap.add_argument("--flip", nargs="+", default=["off"], choices=["off", "on"],
-                    help="test-time flip: 'on' also averages each proposal's softmax on the mirror image; "
-                         "'off on' scores both from one pass (variants named ...-flip)")
+    ap.add_argument("--flip", nargs="+", default=["on"], choices=["off", "on"],
+                    help="test-time flip: 'on' (the detector's default) also averages each proposal's softmax on the "
+                         "mirror image (variants named ...-flip); 'off' the image's view only; 'off on' both from "
+                         "one pass")
     ap.add_argument("--nms", type=float, default=0.3)
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")

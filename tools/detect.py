@@ -34,8 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--proposals", default="paper",
                    help="proposal preset in configs/proposals/ (paper: SS k x 2 + MultiBox 200; rcnn: SS k x 1)")
     p.add_argument("--members", type=int, default=None, help="use the first N ensemble members (default: all)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
-                   help="also classify each proposal on the mirror image, averaging both views (default: off)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="also classify each proposal on the mirror image, averaging both views (default: on; "
+                        "--no-flip: the image's view only, ~0.24 s faster on a 500 px photo)")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")

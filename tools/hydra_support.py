@@ -50,7 +50,7 @@ class DetectorConfig:
     nms_iou: float = 0.3
     max_per_class: int = 100
     score_threshold: float = 0.01
-    flip: bool = False  # average each proposal's softmax with its mirror image's (test-time flip)
+    flip: bool = True  # average each proposal's softmax with its mirror image's (test-time flip)
 
 
 @dataclass

@@ -79,7 +79,6 @@ def box_xyxy_to_inclusive(boxes) -> Tensor:
     return b
 
 
-
 def mirror_boxes(boxes: Tensor, width: float) -> Tensor:
     """Boxes ``[N, 4]`` xyxy of an image ``width`` pixels wide -> the same boxes in its mirror image (flipped left to
     right); applying it twice gives the boxes back."""

@@ -25,7 +25,7 @@ class DetectorSettings:
     score_threshold: float = 0.01
     members: int | None = None  # use the first ``members`` members of the ensemble (None: all)
     # also classify every proposal on the mirror image and average both views' softmax (test-time augmentation;
-    # the classifiers were trained on both): twice the classifier's time (+0.24 s on a 500 px photo); chosen on the
+    # the classifiers were trained on both): twice the classifier's time (+0.36 s on chelsea, 2 cores); chosen on the
     # held-out COCO photos (docs/classifiers.md): 30.09 -> 30.37 % with 6 members, 25.36 -> 28.62 % with one
     flip: bool = True
 

@@ -84,10 +84,10 @@ def main() -> None:
     sets = {k: [v[i] for i in keep] for k, v in sets.items()}
     out = Path(args.out)
     rows = []
+    flips = sorted(set(args.flip), key=["off", "on"].index)
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath)
         M = model.cfg.members
-        flips = sorted(set(args.flip), key=["off", "on"].index)
         per = {(p, m, f): [] for p in sets for m in args.members for f in flips}
         t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():

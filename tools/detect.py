@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=None, help="use the first N ensemble members (default: all)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="also classify each proposal on the mirror image, averaging both views (default: on; "
-                        "--no-flip: the image's view only, ~0.24 s faster on a 500 px photo)")
+                        "--no-flip: the image's view only, ~0.35 s faster on a 500 px photo)")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")

@@ -283,28 +283,29 @@ class RegionEnsemble(nn.Module):
 
         ``flip``: also classify the mirror image (the network input flipped left to right, the boxes mirrored with
         it), a second view of every proposal: ``Tensor[2, M, N, classes]``, the image's view first."""
+        import time
+
         x, scale = self.prepare_image(image_rgb)
         boxes = boxes.float().to(self.device)
-        views = [(x, boxes)]
-        if flip:
-            views.append((x.flip(-1), mirror_boxes(boxes, float(image_rgb.shape[1]))))
         seconds: dict = {}
-        out = torch.stack([self._view_logits(v, b, scale, batch_size, seconds) for v, b in views])
+        out = self._view_logits(x, boxes, scale, batch_size, seconds)
         if flip:
-            seconds["flip_view"] = seconds.pop("view1")
-        seconds.pop("view0", None)
+            t = time.perf_counter()
+            mirrored = self._view_logits(x.flip(-1), mirror_boxes(boxes, float(image_rgb.shape[1])), scale,
+                                         batch_size, seconds)
+            out = torch.stack([out, mirrored])
+            seconds["flip_view"] = time.perf_counter() - t
         self.last_seconds = seconds
-        return out if flip else out[0]
+        return out
 
     def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict) -> Tensor:
+        """One view's ``[M, N, classes]``; adds its time per part to ``seconds``."""
         import time
 
         t0 = time.perf_counter()
         M, N = self.cfg.members, boxes.shape[0]
         out = torch.zeros(M, N, self.cfg.num_classes, device=self.device)
-        view = f"view{sum(k.startswith('view') for k in seconds)}"
         if N == 0:
-            seconds[view] = 0.0
             return out
         if self.cfg.mode == "roi":
             rois = self.rois(boxes, scale=scale)
@@ -319,7 +320,6 @@ class RegionEnsemble(nn.Module):
             total = time.perf_counter() - t0
             seconds["trunk_and_roi_pool"] = seconds.get("trunk_and_roi_pool", 0.0) + total - t_heads
             seconds["heads"] = seconds.get("heads", 0.0) + t_heads
-            seconds[view] = total
             return out
         for s in range(0, N, batch_size):  # warp: crops in batches, the trunk once per batch if shared
             crops = warp_crops(x, boxes[s:s + batch_size], size=self.cfg.crop_size, padding=self.cfg.context_padding)
@@ -329,9 +329,7 @@ class RegionEnsemble(nn.Module):
                 if key not in fmaps:
                     fmaps[key] = self._backbone(m)(crops)
                 out[m, s:s + batch_size] = self.heads[m](fmaps[key])
-        t = time.perf_counter() - t0
-        seconds["crops_trunk_and_heads"] = seconds.get("crops_trunk_and_heads", 0.0) + t
-        seconds[view] = t
+        seconds["crops_trunk_and_heads"] = seconds.get("crops_trunk_and_heads", 0.0) + time.perf_counter() - t0
         return out
 
     def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None, flip: bool = False

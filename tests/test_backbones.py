@@ -234,3 +234,40 @@ def test_missing_weights_file_names_the_path(tmp_path, name):
     missing = tmp_path / "nope" / "weights.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         build_backbone(name, weights=str(missing))
+
+
+def _randomise_batchnorm_stats(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics and affine terms, so a wrong fold cannot pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["lite0", "googlenet"])
+def test_fold_batchnorm_keeps_the_function(name):
+    from detection.models.backbones import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_backbone(name, weights=None).eval().double()  # float64: an exact fold leaves only ~1e-12
+    _randomise_batchnorm_stats(net)
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    folded = copy.deepcopy(net)
+    # 224 and an odd size: lite0's 'same' padding depends on the input size
+    xs = [torch.randn(2, 3, 224, 224, dtype=torch.float64), torch.randn(1, 3, 150, 213, dtype=torch.float64)]
+    with torch.no_grad():
+        want = [net(x) for x in xs]
+        assert fold_batchnorm(folded) == bns  # every BatchNorm of these nets follows its convolution
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        for x, w in zip(xs, want):
+            torch.testing.assert_close(folded(x), w, atol=1e-9, rtol=1e-9)
+        mid, last = folded.forward_levels(xs[0])  # the stride-16 hook still finds its layer
+        torch.testing.assert_close(last, want[0], atol=1e-9, rtol=1e-9)
+    net.features.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        fold_batchnorm(net)

@@ -108,14 +108,18 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     flip_map = json.loads((tmp_path / "flip" / "metrics.json").read_text())["mAP"]
     assert "mirror view (test-time flip)" in (tmp_path / "flip" / "report.html").read_text()
     r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "1",
-            "2", "--flip", "off", "on", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}", "--out",
-            str(tmp_path / "cmp"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
+            "2", "--flip", "off", "on", "--nms", "0.3", "0.6", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}",
+            "--out", str(tmp_path / "cmp"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
     assert r.returncode == 0, r.stderr[-3000:]
     cmp = {row["variant"]: row["mAP"] for row in json.loads((tmp_path / "cmp" / "summary.json").read_text())}
-    assert set(cmp) == {"tiny-rcnn-m1", "tiny-rcnn-m2", "tiny-rcnn-m1-flip", "tiny-rcnn-m2-flip"}
-    assert cmp["tiny-rcnn-m1"] == pytest.approx(jobs[0]["mAP"], abs=1e-9)
-    assert cmp["tiny-rcnn-m2"] == pytest.approx(jobs[1]["mAP"], abs=1e-9)
-    assert cmp["tiny-rcnn-m2-flip"] == pytest.approx(flip_map, abs=1e-6) and flip_map != jobs[1]["mAP"]
+    assert set(cmp) == {f"tiny-rcnn-m{m}{f}-nms{t}" for m in (1, 2) for f in ("", "-flip") for t in ("0.3", "0.6")}
+    assert cmp["tiny-rcnn-m1-nms0.3"] == pytest.approx(jobs[0]["mAP"], abs=1e-9)
+    assert cmp["tiny-rcnn-m2-nms0.3"] == pytest.approx(jobs[1]["mAP"], abs=1e-9)
+    assert cmp["tiny-rcnn-m2-flip-nms0.3"] == pytest.approx(flip_map, abs=1e-6) and flip_map != jobs[1]["mAP"]
+    # a looser per-class NMS keeps more boxes of the same scores
+    n = {t: len(json.loads((tmp_path / "cmp" / f"tiny-rcnn-m2-flip-nms{t}" / "detections.json").read_text()))
+         for t in ("0.3", "0.6")}
+    assert n["0.6"] > n["0.3"] > 0
 
     # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)
     photo = tmp_path / "chelsea.png"

@@ -245,6 +245,43 @@ def test_save_and_load_round_trip(lite0, tmp_path):
         load_ensemble(tmp_path / "missing.pt")
 
 
+def test_standardised_head_folds_its_statistics_at_inference(lite0):
+    """Without gradients a standardised head folds mean/std into its first layer: the same logits."""
+    torch.manual_seed(1)
+    model = _ensemble(lite0, roi_layer="stem", roi_size=2, standardize=True, members=1)
+    head = model.heads[0]
+    head.set_feature_stats(torch.randn(320, 2, 2) * 0.5, torch.rand(320, 2, 2) + 0.2)
+    pooled = torch.randn(7, 320, 2, 2)
+    want = head(pooled)  # gradients on: standardise, then the layers
+    assert want.requires_grad
+    with torch.no_grad():
+        got = head(pooled)
+    torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_fused_ensemble_scores_as_before_and_refuses_training(lite0, tmp_path):
+    import copy
+
+    torch.manual_seed(2)
+    model = _ensemble(copy.deepcopy(lite0), roi_layer="stem", standardize=True, members=2)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so a wrong fold cannot pass
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(torch.randn_like(m.running_mean) * 0.1)
+    img = skimage.data.coffee()
+    boxes = torch.tensor([[50.0, 20, 500, 380], [0, 0, 120, 90], [300, 100, 600, 400]])
+    want = model.member_logits(img, boxes, flip=True)
+    fused = copy.deepcopy(model).fuse_for_inference()
+    assert fused.fused and not model.fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbones.modules())
+    torch.testing.assert_close(fused.member_logits(img, boxes, flip=True), want, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(fused.predict(img, boxes), model.predict(img, boxes), atol=1e-5, rtol=0)
+    fused.eval()  # eval is fine, training is not
+    with pytest.raises(RuntimeError, match="fused for inference"):
+        fused.train()
+    with pytest.raises(ValueError, match="fused for inference"):
+        save_ensemble(fused, tmp_path / "f.pt")
+
+
 def test_detector_on_given_boxes(lite0):
     det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(score_threshold=0.0, max_per_class=2))
     res = det.detect(skimage.data.chelsea(), boxes=torch.tensor([[50.0, 10, 400, 300], [60, 12, 390, 290]]))

@@ -78,7 +78,7 @@ def bench_detect(model_path: str | None, repeats: int) -> dict:
     img = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((500, 333), Image.BILINEAR))
     out = {}
     for preset in ("paper", "rcnn"):
-        det = Detector(classifier=load_ensemble(model_path),
+        det = Detector(classifier=load_ensemble(model_path).fuse_for_inference(),
                        proposals=ProposalStage(load_proposal_settings(preset), cache_root="/tmp/unused"))
         det.detect(img)  # warm-up: loads MultiBox, first oneDNN calls
         runs = []

@@ -10,8 +10,9 @@ fraction of the time.
 
 Proposal sets: ``paper``, ``rcnn``, ``ss`` (= paper's selective search alone, ``proposals.multibox.top_k=0``); they
 are read from the cache (fill it with ``tools/extract_proposals.py``; an image missing from any set is left out of
-every set, counted).  Per variant: ``<out>/<model>-<proposals>-m<members>/`` with ``metrics.json`` (mAP, per class,
-the error breakdown), ``detections.json`` and ``errors.png``; ``<out>/summary.json`` and a table.
+every set, counted).  Per variant: ``<out>/<model>-<proposals>-m<members>[-flip][-nms<iou>]/`` with ``metrics.json``
+(mAP, per class, the error breakdown), ``detections.json`` and ``errors.png``; ``<out>/summary.json`` and a table.
+``--nms 0.3 0.4 0.5`` scores several per-class NMS thresholds from the same class scores.
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def main() -> None:
                     help="test-time flip: 'on' (the detector's default) also averages each proposal's softmax on the "
                          "mirror image (variants named ...-flip); 'off' the image's view only; 'off on' both from "
                          "one pass")
-    ap.add_argument("--nms", type=float, default=0.3)
+    ap.add_argument("--nms", type=float, nargs="+", default=[0.3],
+                    help="per-class NMS IoU threshold(s); with several, each is a variant (named ...-nms0.4) of the same "
+                         "pass")
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--data-root", default=None)
@@ -86,9 +89,9 @@ def main() -> None:
     rows = []
     flips = sorted(set(args.flip), key=["off", "on"].index)
     for mname, mpath in models.items():
-        model = load_ensemble(None if mpath == "default" else mpath)
+        model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
-        per = {(p, m, f): [] for p in sets for m in args.members for f in flips}
+        per = {(p, m, f, t): [] for p in sets for m in args.members for f in flips for t in args.nms}
         t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():
             for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
@@ -111,24 +114,26 @@ def main() -> None:
                     for m in args.members:
                         for f in flips:
                             probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
-                            per[(p, m, f)].append(postprocess(b, probs, nms_iou=args.nms))
+                            for t in args.nms:
+                                per[(p, m, f, t)].append(postprocess(b, probs, nms_iou=t))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")
-        for (p, m, f), dets in per.items():
+        for (p, m, f, t), dets in per.items():
             d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
-            name = f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "")
+            name = f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
-                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "errors": errors.to_dict(det200()),
+                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t,
+                                "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")
             o = errors.overall
-            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), **{k: o[k] for k in o},
+            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), "nms_iou": t, **{k: o[k] for k in o},
                          "seconds_per_image_all_sets": secs})
             print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds_eval)} images")
             print(format_errors(errors, space=det200(), max_classes=25))

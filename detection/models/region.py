@@ -119,6 +119,14 @@ class RoIHead(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         x = pooled.flatten(1)
         if self.standardize:
+            first = self.classifier[0]
+            if not torch.is_grad_enabled() and isinstance(first, nn.Linear):
+                # inference: fold the standardisation into the first layer, W' = W / std, b' = b - W' mean (the
+                # same function, to float rounding); standardising [R, d] costs more than the layer's product
+                # (astronaut, 1 743 proposals, 2 cores: 38 vs 31 ms a member)
+                w = first.weight / self.feat_std
+                x = F.linear(x, w, torch.addmv(first.bias, w, self.feat_mean, alpha=-1))
+                return self.classifier[1:](x)
             x = (x - self.feat_mean) / self.feat_std
         return self.classifier(x)
 
@@ -233,6 +241,30 @@ class RegionEnsemble(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.heads.parameters()).device
+
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`fuse_for_inference` folded the trunks' BatchNorms (then it cannot train or be saved)."""
+        return getattr(self, "_fused", False)
+
+    def fuse_for_inference(self) -> "RegionEnsemble":
+        """Fold the trunks' BatchNorms into their convolutions (:func:`~detection.models.backbones.fold_batchnorm`):
+        the same scores to float rounding, the trunk ~20 % faster on a CPU.  In place, for a model that only
+        detects (``load_detector`` does it); training or saving it afterwards raises.  Returns ``self``."""
+        from detection.models.backbones import fold_batchnorm
+
+        if not self.fused:
+            self.eval()
+            for bb in self.backbones:
+                fold_batchnorm(bb)
+            self._fused = True
+        return self
+
+    def train(self, mode: bool = True) -> "RegionEnsemble":
+        if mode and self.fused:
+            raise RuntimeError("this ensemble was fused for inference (fuse_for_inference): its BatchNorms are "
+                               "folded away, so it cannot train; load the file again to train")
+        return super().train(mode)
 
     def _backbone(self, member: int) -> Backbone:
         return self.backbones[0 if self.cfg.shared_trunk else member]
@@ -364,6 +396,9 @@ def save_ensemble(model: RegionEnsemble, path, *, record: dict | None = None, wi
 
     from detection.labels import det200
 
+    if model.fused:
+        raise ValueError(f"{path}: cannot save an ensemble fused for inference (its BatchNorms are folded into the "
+                         f"convolutions); save the model as loaded or trained")
     if with_backbones is None:
         with_backbones = not model.cfg.shared_trunk
     heads = {k: v.half() if v.is_floating_point() else v for k, v in model.heads.state_dict().items()}

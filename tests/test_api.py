@@ -42,6 +42,11 @@ def test_detect_a_photo_in_every_form(small_detector, tmp_path):
     assert [d["name"] for d in by_array.above(0.5)] == ["domestic cat"] * len(by_array.above(0.5))
     d = by_array.to_dict()
     assert d["width"] == 451 and d["detections"][0] == best and "domestic cat" in repr(by_array)
+    # the detector runs with its BatchNorms folded away (inference only): the classifier's trunk and MultiBox
+    bn = (torch.nn.BatchNorm2d,)
+    assert small_detector.classifier.fused
+    assert not any(isinstance(m, bn) for m in small_detector.classifier.modules())
+    assert not any(isinstance(m, bn) for m in small_detector.proposals.mb._model.modules())
 
 
 @pytest.mark.slow

@@ -257,6 +257,12 @@ def test_standardised_head_folds_its_statistics_at_inference(lite0):
     with torch.no_grad():
         got = head(pooled)
     torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+    # ill-conditioned statistics (|mean / std| in the thousands) keep the unfolded path: no float32 digits lost
+    head.set_feature_stats(torch.full((320, 2, 2), 5000.0), torch.full((320, 2, 2), 1.0))
+    pooled = 5000.0 + torch.randn(7, 320, 2, 2)
+    want = head(pooled)
+    with torch.no_grad():
+        torch.testing.assert_close(head(pooled), want.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_fused_ensemble_scores_as_before_and_refuses_training(lite0, tmp_path):

@@ -88,6 +88,9 @@ def main() -> None:
     out = Path(args.out)
     rows = []
     flips = sorted(set(args.flip), key=["off", "on"].index)
+    # each value once (a repeat would append twice to one variant's per-image list)
+    args.members = list(dict.fromkeys(args.members))
+    args.nms = list(dict.fromkeys(round(t, 6) for t in args.nms))
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
@@ -137,9 +140,9 @@ def main() -> None:
                          "seconds_per_image_all_sets": secs})
             print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds_eval)} images")
             print(format_errors(errors, space=det200(), max_classes=25))
-    print(f"\n{'variant':<28}{'mAP':>8}{'TP':>7}{'dup':>7}{'misloc':>8}{'confus':>8}{'backgr':>8}{'found':>8}")
+    print(f"\n{'variant':<34}{'mAP':>8}{'TP':>7}{'dup':>7}{'misloc':>8}{'confus':>8}{'backgr':>8}{'found':>8}")
     for r in rows:
-        print(f"{r['variant']:<28}{100 * r['mAP']:>7.2f}%{r['tp']:>7}{r['duplicate']:>7}{r['mislocalised']:>8}"
+        print(f"{r['variant']:<34}{100 * r['mAP']:>7.2f}%{r['tp']:>7}{r['duplicate']:>7}{r['mislocalised']:>8}"
               f"{r['confusion']:>8}{r['background']:>8}{r['found']:>5}/{r['objects']}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))

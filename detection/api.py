@@ -128,14 +128,16 @@ class ObjectDetector(Detector):
 
         self.classes = det200()
 
-    def detect(self, image, *, boxes: torch.Tensor | None = None) -> ImageDetections:
+    def detect(self, image, *, boxes: torch.Tensor | None = None, source: torch.Tensor | None = None
+               ) -> ImageDetections:
         """Detect objects in one image (a path, PIL image, uint8 array or tensor); ``boxes``: your own proposals
-        (``Tensor[N, 4]`` xyxy pixels) instead of the detector's."""
+        (``Tensor[N, 4]`` xyxy pixels) instead of the detector's, ``source``: their tags (1: MultiBox's, whose
+        scores ``multibox_weight`` scales; ``None``: none)."""
         path = str(image) if isinstance(image, (str, Path)) else None
         rgb = as_rgb_array(image)
         with torch.inference_mode():
             t = time.perf_counter()
-            res = super().detect(rgb, boxes=boxes)
+            res = super().detect(rgb, boxes=boxes, source=source)
             res.seconds["total"] = time.perf_counter() - t
         labels = [int(v) for v in res.labels]
         return ImageDetections(boxes=res.boxes, scores=res.scores, labels=res.labels,
@@ -174,13 +176,14 @@ class ObjectDetector(Detector):
         s = self.settings
         return (f"ObjectDetector({s.members or c.members} of {c.members} x {c.backbone} ({c.mode}), "
                 f"proposals={self.proposal_preset!r}, nms_iou={s.nms_iou}, score_threshold={s.score_threshold}, "
-                f"flip={s.flip}, "
+                f"flip={s.flip}, multibox_weight={s.multibox_weight:g}, "
                 f"device={self.device!r})")
 
 
 def load_detector(model: str | Path | None = None, *, proposals="paper", device: str = "cpu",
                   members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
-                  max_per_class: int = 100, flip: bool = True, cache_dir: str | Path | None = None,
+                  max_per_class: int = 100, flip: bool = True, multibox_weight: float = 0.5,
+                  cache_dir: str | Path | None = None,
                   backbone_weights: str | None = "imagenet") -> ObjectDetector:
     """The detector, ready to run.
 
@@ -194,6 +197,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         nms_iou / score_threshold / max_per_class: the per-class NMS and what is kept per image.
         flip: also classify every proposal on the mirror image and average the two views' softmax (the default;
             twice the classifier's time); ``False``: the image's view only.
+        multibox_weight: the class scores of MultiBox's boxes are multiplied by this (0.5, chosen on held-out COCO
+            photos: the classifiers over-trust those boxes); 1: as the classifiers give them.
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration): ``"imagenet"``,
             a local ``.pth`` file, or ``None``.
@@ -215,7 +220,7 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         cache_dir = Path(__file__).resolve().parents[1] / ".cache"
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
-                                    members=members, flip=flip)
+                                    members=members, flip=flip, multibox_weight=multibox_weight)
     name = proposals if isinstance(proposals, (str, Path)) else "custom"
     return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),
                           device=str(dev))

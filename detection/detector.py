@@ -15,7 +15,7 @@ from torchvision.ops import batched_nms
 
 from detection.models.region import RegionEnsemble
 
-__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "Detector", "detect_dataset"]
+__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "Detector", "detect_dataset"]
 
 
 @dataclass
@@ -28,6 +28,28 @@ class DetectorSettings:
     # the classifiers were trained on both): twice the classifier's time (+0.36 s on chelsea, 2 cores); chosen on the
     # held-out COCO photos (docs/classifiers.md): 30.09 -> 30.37 % with 6 members, 25.36 -> 28.62 % with one
     flip: bool = True
+    # the class scores of MultiBox's boxes are multiplied by this (1: as the classifiers give them).  MultiBox's boxes
+    # are 14 % of `paper`'s proposals but half of its top detections, a third of those mislocalised (SS boxes: a
+    # fifth): the classifiers over-trust them.  Chosen on the held-out COCO photos (docs/classifiers.md): 30.37 ->
+    # 32.56 % with 6 members (SS alone 31.60, rcnn 31.57)
+    multibox_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.multibox_weight <= 1.0:
+            raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
+
+
+def weight_sources(probs: Tensor, source: Tensor | None, multibox_weight: float) -> Tensor:
+    """``probs [N, C + 1]`` with the class columns of MultiBox's boxes (``source == 1``, the merge's tag) scaled by
+    ``multibox_weight`` (background untouched); unchanged when ``source`` is ``None`` or the weight is 1."""
+    if source is None or multibox_weight == 1.0:
+        return probs
+    source = torch.as_tensor(source).to(probs.device)
+    if source.shape[0] != probs.shape[0]:
+        raise ValueError(f"{probs.shape[0]} rows of scores but {source.shape[0]} source tags")
+    out = probs.clone()
+    out[source == 1, 1:] *= multibox_weight
+    return out
 
 
 @dataclass
@@ -82,18 +104,21 @@ class Detector:
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
 
-    def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None) -> DetectionResult:
-        """Detect objects in one ``uint8[H, W, 3]`` RGB image; ``boxes``: precomputed proposals (else the stage's)."""
+    def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
+               ) -> DetectionResult:
+        """Detect objects in one ``uint8[H, W, 3]`` RGB image; ``boxes``: precomputed proposals (else the stage's),
+        ``source``: their merge tags (1: MultiBox, weighted by ``settings.multibox_weight``; ``None``: no weighting)."""
         t0 = time.perf_counter()
         seconds = {}
         if boxes is None:
             if self.proposals is None:
                 raise ValueError("no proposals: pass boxes= or build the Detector with a proposal stage")
-            boxes, _ = self.proposals.propose(image_rgb)
+            boxes, source = self.proposals.propose(image_rgb)
             seconds.update(getattr(self.proposals, "last_seconds", {}))
             seconds["proposals"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip)
+        probs = weight_sources(probs, source, self.settings.multibox_weight)
         t2 = time.perf_counter()
         b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,
                                 max_per_class=self.settings.max_per_class,
@@ -103,9 +128,11 @@ class Detector:
         return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
 
 
-def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):
+def detect_dataset(detector: Detector, dataset, proposals: list, *, sources: list | None = None,
+                   progress: bool = True, log=print):
     """Run ``detector`` over every image of ``dataset`` with precomputed ``proposals`` (one ``Tensor[N, 4]`` or
-    ``None`` per record, e.g. from a proposal cache).
+    ``None`` per record, e.g. from a proposal cache); ``sources``: their merge tags per record (``None``: MultiBox's
+    boxes are not weighted).
 
     Returns ``(Detections, stats)``; images that cannot be read or have no proposals are skipped, counted in
     ``stats["skipped"]`` (a list of messages) and reported through ``log``.  ``stats`` also sums the seconds per stage.
@@ -118,6 +145,8 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bo
     per_image, positions, skipped = [], [], []
     seconds = {"read": 0.0, "classify": 0.0, "nms": 0.0}
     n_props = 0
+    if sources is not None and len(sources) != len(proposals):
+        raise ValueError(f"{len(proposals)} proposal sets but {len(sources)} source lists")
     for i, (r, props) in enumerate(progress_bar(list(zip(dataset.records, proposals)), desc=f"detect {dataset.name}",
                                         unit="img", disable=not progress)):
         if props is None:
@@ -130,7 +159,7 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bo
             skipped.append(str(e))
             continue
         seconds["read"] += time.perf_counter() - t0
-        res = detector.detect(img, boxes=props)
+        res = detector.detect(img, boxes=props, source=None if sources is None else sources[i])
         for k in ("classify", "nms"):
             seconds[k] += res.seconds[k]
         n_props += res.num_proposals

@@ -93,6 +93,11 @@ def test_load_detector_settings_and_errors(tmp_path):
     assert "2 of 6" in repr(det) and "'rcnn'" in repr(det)
     assert det.settings.flip and "flip=True" in repr(det)  # the test-time flip is on by default
     assert not load_detector(proposals="rcnn", flip=False, cache_dir=tmp_path).settings.flip
+    # MultiBox's boxes' scores are halved by default (chosen on held-out COCO photos); 1 leaves them
+    assert det.settings.multibox_weight == 0.5 and "multibox_weight=0.5" in repr(det)
+    assert load_detector(proposals="rcnn", multibox_weight=1, cache_dir=tmp_path).settings.multibox_weight == 1
+    with pytest.raises(ValueError, match="multibox_weight must be in"):
+        load_detector(proposals="rcnn", multibox_weight=-1, cache_dir=tmp_path)
     assert load_detector(cache_dir=tmp_path).proposals.settings.multibox.top_k == 200  # paper by default
     with pytest.raises(ValueError, match="unknown proposal preset 'fast'.*paper, rcnn"):
         load_detector(proposals="fast")

@@ -106,7 +106,8 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
             "ensemble.size=2", f"hydra.run.dir={tmp_path / 'flip'}")
     assert r.returncode == 0, r.stderr[-3000:]
     flip_map = json.loads((tmp_path / "flip" / "metrics.json").read_text())["mAP"]
-    assert "mirror view (test-time flip)" in (tmp_path / "flip" / "report.html").read_text()
+    report = (tmp_path / "flip" / "report.html").read_text()
+    assert "mirror view (test-time flip)" in report and "MultiBox boxes: score weight" in report
     r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "1",
             "2", "--flip", "off", "on", "--nms", "0.3", "0.6", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}",
             "--out", str(tmp_path / "cmp"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])

@@ -299,3 +299,36 @@ def test_detector_on_given_boxes(lite0):
 
 
 # ------------------------------------------------------------------ member training
+
+
+def test_weight_sources_scales_multibox_class_scores_only():
+    from detection.detector import weight_sources
+
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    src = torch.tensor([0, 1, 1], dtype=torch.uint8)
+    out = weight_sources(probs, src, 0.5)
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.3, 0.15], [0.2, 0.1, 0.3]]))
+    assert torch.equal(probs[1], torch.tensor([0.1, 0.6, 0.3]))  # the input is left alone
+    assert weight_sources(probs, None, 0.5) is probs and weight_sources(probs, src, 1.0) is probs
+    with pytest.raises(ValueError, match="source tags"):
+        weight_sources(probs, src[:2], 0.5)
+    with pytest.raises(ValueError, match="multibox_weight"):
+        DetectorSettings(multibox_weight=1.5)
+
+
+def test_detector_weights_the_boxes_it_is_told_are_multibox(lite0):
+    boxes = torch.tensor([[50.0, 10, 400, 300], [60, 12, 390, 290], [0, 0, 200, 150]])
+    img = skimage.data.chelsea()
+    res = {}
+    for w in (1.0, 0.25):
+        det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(
+            score_threshold=0.0, max_per_class=3, nms_iou=1.0, flip=False, multibox_weight=w))
+        res[w] = det.detect(img, boxes=boxes, source=torch.tensor([1, 0, 1]))
+    def by_box(r):
+        return {(tuple(b.tolist()), int(c)): float(s) for b, c, s in zip(r.boxes, r.labels, r.scores)}
+    a, b = by_box(res[1.0]), by_box(res[0.25])
+    for (box, c), s in a.items():
+        if (box, c) in b:
+            want = s if box == (60.0, 12.0, 390.0, 290.0) else 0.25 * s
+            assert b[(box, c)] == pytest.approx(want, rel=1e-5)
+    assert len(set(a) & set(b)) >= 3

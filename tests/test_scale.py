@@ -155,3 +155,42 @@ def test_detect_tool_under_torchrun_equals_one_process(tiny_voc, tmp_path):
 
     gt = COCO(str(tmp_path / "two" / "images.json"))
     assert len(gt.loadRes(str(tmp_path / "two" / "detections.json")).anns) == len(d2)
+
+
+@pytest.mark.slow
+def test_detect_sharded_weights_multibox_boxes_by_their_tags(tiny_voc, tmp_path):
+    """The cache's merge tags reach the detector: with multibox_weight=0 no detection is a MultiBox box, with 1 some
+    are, and the SS-tagged ones keep their scores."""
+    from detection.api import load_detector
+    from detection.data import read_voc
+    from detection.sharded import detect_sharded
+    from proposals.pipeline import load_proposal_settings
+
+    ds = read_voc(tiny_voc, name="tiny")
+    ds.records = [r for r in ds.records if "broken" not in str(r.path)]
+    paper = load_proposal_settings("paper")
+    paper.selective_search.resize_width = 128
+    out = {}
+    for w in (1.0, 0.0):
+        det = load_detector(proposals=paper, members=1, flip=False, multibox_weight=w, score_threshold=0.02,
+                            cache_dir=tmp_path)
+        det.proposals.extract(ds, progress=False)
+        dets, _ = detect_sharded(det, ds, cache_dir=tmp_path, shard_size=2, progress=False, log=lambda *_: None)
+        out[w] = dets
+    loaded = det.proposals.load(ds)
+    def tagged(dets):
+        tags = []
+        for b, i in zip(dets.boxes, dets.image):
+            p = loaded[int(i)]
+            j = int((p["boxes"] - b).abs().sum(1).argmin())
+            assert torch.allclose(p["boxes"][j], b)  # a detection's box is its proposal
+            tags.append(int(p["source"][j]))
+        return torch.tensor(tags)
+    t1, t0 = tagged(out[1.0]), tagged(out[0.0])
+    assert (t1 == 1).any() and not (t0 == 1).any()
+    ss1 = {(int(i), tuple(b.tolist()), int(c)): float(s) for i, b, c, s, t in
+           zip(out[1.0].image, out[1.0].boxes, out[1.0].labels, out[1.0].scores, t1) if t == 0}
+    ss0 = {(int(i), tuple(b.tolist()), int(c)): float(s) for i, b, c, s in
+           zip(out[0.0].image, out[0.0].boxes, out[0.0].labels, out[0.0].scores)}
+    common = set(ss1) & set(ss0)
+    assert common and all(abs(ss1[k] - ss0[k]) < 1e-6 for k in common)

@@ -2,7 +2,8 @@
 """Score several region-classifier models x proposal sets x member counts on a split, one trunk pass per image and
 model (roi mode: a proposal's scores do not depend on the other proposals, so the union of every proposal set is
 classified at once and each set's scores are taken from it).  The figures equal separate
-``tools/eval_map.py`` runs (``ensemble.model=``, ``proposals=``, ``ensemble.size=``, ``detector.flip=``), at a
+``tools/eval_map.py`` runs (``ensemble.model=``, ``proposals=``, ``ensemble.size=``, ``detector.flip=``,
+``detector.nms_iou=``, ``detector.multibox_weight=``), at a
 fraction of the time.
 
     python tools/compare_detectors.py --split val --model new=detection/models/weights/region_lite0.pt \\
@@ -39,7 +40,7 @@ PROPOSAL_SETS = {"paper": ["proposals=paper"], "rcnn": ["proposals=rcnn"],
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.sharded import restrict_to_scored
-    from detection.detector import postprocess
+    from detection.detector import DetectorSettings, postprocess, weight_sources
     from detection.evaluation import Detections, evaluate, save_metrics, write_coco_results
     from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
     from detection.labels import det200
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--nms", type=float, nargs="+", default=[0.3],
                     help="per-class NMS IoU threshold(s); with several, each is a variant (named ...-nms0.4) of the same "
                          "pass")
+    ap.add_argument("--mb-weight", type=float, nargs="+", default=[DetectorSettings().multibox_weight],
+                    help="multiply the class scores of MultiBox's boxes by this (default: the detector's, 0.5; 1: "
+                         "unweighted); with several, each is a variant (...-mbw0.5) of the same pass")
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--data-root", default=None)
@@ -67,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     models = dict(m.split("=", 1) for m in (args.model or ["default=default"]))
 
-    sets, dataset = {}, None
+    sets, sources, dataset = {}, {}, None
     for name in args.proposals:
         over = [f"dataset={args.split}", *PROPOSAL_SETS[name], *args.override] + (
             [f"data_root={args.data_root}"] if args.data_root else [])
@@ -79,22 +83,27 @@ def main() -> None:
             if args.images:
                 dataset.records = dataset.records[:args.images]
         stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=hs.resolve_cache_dir(cfg) / "proposals")
-        sets[name] = [p["boxes"] if p is not None else None for p in stage.load(dataset, skip_missing=True)]
+        loaded = stage.load(dataset, skip_missing=True)
+        sets[name] = [p["boxes"] if p is not None else None for p in loaded]
+        sources[name] = [p["source"] if p is not None else None for p in loaded]
     keep = [i for i in range(len(dataset)) if all(s[i] is not None for s in sets.values())]
     if len(keep) < len(dataset):
         print(f"{len(dataset) - len(keep)} images lack cached proposals of some set: left out of every set")
     _, ds = restrict_to_scored(Detections.empty(), dataset, keep)  # (keeps the blacklist and image numbers)
     sets = {k: [v[i] for i in keep] for k, v in sets.items()}
+    sources = {k: [v[i] for i in keep] for k, v in sources.items()}
     out = Path(args.out)
     rows = []
     flips = sorted(set(args.flip), key=["off", "on"].index)
     # each value once (a repeat would append twice to one variant's per-image list)
     args.members = list(dict.fromkeys(args.members))
     args.nms = list(dict.fromkeys(round(t, 6) for t in args.nms))
+    weights = list(dict.fromkeys(round(w, 6) for w in args.mb_weight))
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
-        per = {(p, m, f, t): [] for p in sets for m in args.members for f in flips for t in args.nms}
+        per = {(p, m, f, t, w): [] for p in sets for m in args.members for f in flips for t in args.nms
+               for w in weights}
         t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():
             for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
@@ -117,26 +126,29 @@ def main() -> None:
                     for m in args.members:
                         for f in flips:
                             probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
-                            for t in args.nms:
-                                per[(p, m, f, t)].append(postprocess(b, probs, nms_iou=t))
+                            for w in weights:
+                                pw = weight_sources(probs, sources[p][j], w)
+                                for t in args.nms:
+                                    per[(p, m, f, t, w)].append(postprocess(b, pw, nms_iou=t))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")
-        for (p, m, f, t), dets in per.items():
+        for (p, m, f, t, w), dets in per.items():
             d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
-            name = f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
+            name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
+                    + (f"-mbw{w:g}" if len(weights) > 1 else ""))
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
-                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t,
+                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t, "mb_weight": w,
                                 "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")
             o = errors.overall
-            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), "nms_iou": t, **{k: o[k] for k in o},
+            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), "nms_iou": t, "mb_weight": w, **{k: o[k] for k in o},
                          "seconds_per_image_all_sets": secs})
             print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds_eval)} images")
             print(format_errors(errors, space=det200(), max_classes=25))

@@ -107,6 +107,7 @@ def report_info(cfg: DictConfig, extra: dict) -> dict:
                  "proposals": f"selective search {p.selective_search.mode} k × {p.selective_search.k_scale:g}{mb} "
                               f"({extra.get('proposals_per_image', 0):.0f} / image)",
                  "mirror view (test-time flip)": "on" if cfg.detector.flip else "off",
+                 "MultiBox boxes: score weight": f"{cfg.detector.multibox_weight:g}",
                  "NMS IoU": cfg.detector.nms_iou, "ranks": extra.get("ranks"),
                  "detector time": f"{extra.get('seconds_per_image', 0):.2f} s / image (proposals cached)",
                  "detections file": extra.get("detections"), "command": " ".join(sys.argv)})

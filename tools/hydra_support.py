@@ -51,6 +51,7 @@ class DetectorConfig:
     max_per_class: int = 100
     score_threshold: float = 0.01
     flip: bool = True  # average each proposal's softmax with its mirror image's (test-time flip)
+    multibox_weight: float = 0.5  # MultiBox's boxes' class scores times this (1: unweighted)
 
 
 @dataclass
@@ -145,6 +146,7 @@ def build_detector(cfg: DictConfig):
                          device=str(rank_device(cfg.ensemble.device)), members=cfg.ensemble.size,
                          nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
                          score_threshold=cfg.detector.score_threshold, flip=cfg.detector.flip,
+                         multibox_weight=cfg.detector.multibox_weight,
                          cache_dir=resolve_cache_dir(cfg))
 
 

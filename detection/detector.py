@@ -128,11 +128,10 @@ class Detector:
         return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
 
 
-def detect_dataset(detector: Detector, dataset, proposals: list, *, sources: list | None = None,
-                   progress: bool = True, log=print):
-    """Run ``detector`` over every image of ``dataset`` with precomputed ``proposals`` (one ``Tensor[N, 4]`` or
-    ``None`` per record, e.g. from a proposal cache); ``sources``: their merge tags per record (``None``: MultiBox's
-    boxes are not weighted).
+def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):
+    """Run ``detector`` over every image of ``dataset`` with precomputed ``proposals``, one per record: an entry of
+    :meth:`proposals.pipeline.ProposalStage.load` (``{"boxes", "source", ...}``: MultiBox's boxes are weighted by
+    their tags), a bare ``Tensor[N, 4]`` of boxes (no tags, no weighting), or ``None``.
 
     Returns ``(Detections, stats)``; images that cannot be read or have no proposals are skipped, counted in
     ``stats["skipped"]`` (a list of messages) and reported through ``log``.  ``stats`` also sums the seconds per stage.
@@ -145,8 +144,6 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, sources: lis
     per_image, positions, skipped = [], [], []
     seconds = {"read": 0.0, "classify": 0.0, "nms": 0.0}
     n_props = 0
-    if sources is not None and len(sources) != len(proposals):
-        raise ValueError(f"{len(proposals)} proposal sets but {len(sources)} source lists")
     for i, (r, props) in enumerate(progress_bar(list(zip(dataset.records, proposals)), desc=f"detect {dataset.name}",
                                         unit="img", disable=not progress)):
         if props is None:
@@ -159,7 +156,8 @@ def detect_dataset(detector: Detector, dataset, proposals: list, *, sources: lis
             skipped.append(str(e))
             continue
         seconds["read"] += time.perf_counter() - t0
-        res = detector.detect(img, boxes=props, source=None if sources is None else sources[i])
+        boxes, source = (props["boxes"], props["source"]) if isinstance(props, dict) else (props, None)
+        res = detector.detect(img, boxes=boxes, source=source)
         for k in ("classify", "nms"):
             seconds[k] += res.seconds[k]
         n_props += res.num_proposals

@@ -131,11 +131,9 @@ def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: 
                 resumed += 1
             else:
                 sub = DetectionDataset(dataset.name, dataset.records[lo:hi])
-                loaded = detector.proposals.load(sub, skip_missing=True)
-                props = [p["boxes"] if p is not None else None for p in loaded]
-                tags = [p["source"] if p is not None else None for p in loaded]
+                loaded = detector.proposals.load(sub, skip_missing=True)  # boxes with their merge tags
                 t = time.perf_counter()
-                dets, st = detect_dataset(detector, sub, props, sources=tags, progress=False, log=lambda *_: None)
+                dets, st = detect_dataset(detector, sub, loaded, progress=False, log=lambda *_: None)
                 part = {"image_ids": ids, "shard": c, "image": dets.image + lo, "boxes": dets.boxes,
                         "scores": dets.scores, "labels": dets.labels, "positions": [p + lo for p in st["positions"]],
                         "skipped": st["skipped"], "seconds": {**st["seconds"], "wall": time.perf_counter() - t},

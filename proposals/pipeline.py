@@ -124,9 +124,8 @@ class MultiBoxSource:
 
     def __call__(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
         if self._model is None:
-            from proposals.multibox.model import load_multibox
-
             from detection.models.backbones import fold_batchnorm
+            from proposals.multibox.model import load_multibox
 
             model = load_multibox(self.path).eval()
             fold_batchnorm(model)  # inference only: ~25 % faster on a CPU, the same boxes to float rounding

@@ -180,13 +180,11 @@ def validate(cfg: DictConfig, model, stage) -> dict:
 
     val = instantiate(cfg.val_dataset, _convert_="all")
     stage.extract(val, workers=cfg.workers, progress=False)
-    loaded = stage.load(val, skip_missing=True)
-    props = [p["boxes"] if p is not None else None for p in loaded]
-    tags = [p["source"] if p is not None else None for p in loaded]  # the detector's MultiBox weighting too
+    loaded = stage.load(val, skip_missing=True)  # boxes with their merge tags: the detector's MultiBox weighting too
     out = {"dataset": val.name}
     for key, members in (("mAP", None), ("mAP_member0", 1)):
         dets, st = detect_dataset(Detector(classifier=model.eval(), settings=DetectorSettings(members=members)),
-                                  val, props, sources=tags, progress=False)
+                                  val, loaded, progress=False)
         dets, val_eval = restrict_to_scored(dets, val, st["positions"])
         out[key] = evaluate(dets, val_eval).map
     return out

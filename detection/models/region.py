@@ -240,15 +240,11 @@ class RegionEnsemble(nn.Module):
         self.heads = nn.ModuleList(head(in_channels=c, cfg=cfg) for _ in range(cfg.members))
         self.record: dict = {}
         self.last_seconds: dict = {}  # where the last member_logits call spent its time
+        self.fused = False  # set by fuse_for_inference (then it cannot train or be saved)
 
     @property
     def device(self) -> torch.device:
         return next(self.heads.parameters()).device
-
-    @property
-    def fused(self) -> bool:
-        """Whether :meth:`fuse_for_inference` folded the trunks' BatchNorms (then it cannot train or be saved)."""
-        return getattr(self, "_fused", False)
 
     def fuse_for_inference(self) -> "RegionEnsemble":
         """Fold the trunks' BatchNorms into their convolutions (:func:`~detection.models.backbones.fold_batchnorm`):
@@ -260,7 +256,7 @@ class RegionEnsemble(nn.Module):
             self.eval()
             for bb in self.backbones:
                 fold_batchnorm(bb)
-            self._fused = True
+            self.fused = True
         return self
 
     def train(self, mode: bool = True) -> "RegionEnsemble":

@@ -225,3 +225,22 @@ def test_a_positives_only_photo_trains_with_the_others_and_gives_no_background(p
                           progress=False, log=lines.append)
     assert rec["images"] == 2
     assert any("1 not exhaustively annotated give positives only" in s for s in lines)
+
+
+def test_repeat_factor_sampling_lengthens_the_epoch_and_a_resume_keeps_the_recipe(photos, tmp_path):
+    """With repeat_thresh each image of a class held by half the images is shown sqrt(t / 0.5) times: the run says
+    so and trains; a rerun in the same out_dir with another threshold is refused, not mixed into the weights."""
+    ds, props = photos
+    model = RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    settings = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=1, repeat_thresh=2.0,
+                              balance_positives=True)
+    lines = []
+    rec = train_finetuned(model, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                          progress=False, log=lines.append)
+    assert any("2 images of rare classes repeated (up to 2.00x): an epoch shows 4 images for 2" in s for s in lines)
+    assert any("balance_positives" in s for s in lines)
+    assert rec["settings"]["repeat_thresh"] == 2.0 and len(rec["epochs"]) == 1
+    again = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=1, repeat_thresh=0.5)
+    with pytest.raises(RuntimeError, match=r"repeat_thresh 2\.0 -> 0\.5"):
+        train_finetuned(model, ds, props, settings=again, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                        progress=False, log=lambda *a: None)

@@ -42,7 +42,7 @@ from detection.training.sampler import label_proposals, sample_indices
 from proposals.cache import DatasetCache, ProposalCache, file_sha1
 
 __all__ = ["TrunkCache", "trunk_cache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
-           "epoch_order", "batch_draws"]
+           "epoch_order", "batch_draws", "repeat_factors", "repeated"]
 
 
 class TrunkCache(ProposalCache):
@@ -168,16 +168,17 @@ class FineTuneNet(nn.Module):
         return out
 
 
-def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: int, gen: torch.Generator
-                 ) -> tuple[Tensor, list[Tensor]]:
+def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: int, gen: torch.Generator,
+                 balance: bool = False) -> tuple[Tensor, list[Tensor]]:
     """One image's RoIs for every member: ``(pool, picks)``.  ``pool`` (indices into the image's labelled
     proposals): up to 2*fg positives and 2*bg background, half of it near misses (IoU in [0.1, 0.5));
     ``picks[m]`` (indices into ``pool``): member m's up to ``fg`` positives and ``bg`` background, odd members'
     background from the near misses only (:func:`member_bg_iou_low`) -- the members differ in what they see, and
-    the pool is RoI-pooled once."""
-    from detection.training.roi import pool_indices
+    the pool is RoI-pooled once.  ``balance``: positives drawn with about equal shares per class present
+    (:func:`detection.training.roi.pick_positives`)."""
+    from detection.training.roi import pick_positives, pool_indices
 
-    pool = pool_indices(labels, max_iou, fg=2 * fg, bg=2 * bg, gen=gen)
+    pool = pool_indices(labels, max_iou, fg=2 * fg, bg=2 * bg, gen=gen, balance=balance)
     lab, iou = labels[pool], max_iou[pool]
     picks = []
     for m in range(members):
@@ -186,27 +187,59 @@ def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: 
         neg = torch.nonzero((lab == 0) & (iou >= low)).flatten()
         if low > 0 and len(neg) < bg:  # few near misses in this image: any background
             neg = torch.nonzero(lab == 0).flatten()
-        picks.append(torch.cat([pos[torch.randperm(len(pos), generator=gen)[:fg]],
+        picks.append(torch.cat([pick_positives(lab, pos, fg, gen, balance=balance),
                                 neg[torch.randperm(len(neg), generator=gen)[:bg]]]))
     return pool, picks
 
 
-def batch_draws(batch: list[dict], *, members: int, per_image: int, fg: int, gen: torch.Generator
-                ) -> list[tuple[Tensor, list[Tensor]]]:
+def batch_draws(batch: list[dict], *, members: int, per_image: int, fg: int, gen: torch.Generator,
+                balance: bool = False) -> list[tuple[Tensor, list[Tensor]]]:
     """:func:`member_draws` for each image of a mini-batch (items with ``labels``, ``max_iou``, ``exhaustive``):
     ``fg`` positives and ``per_image - fg`` background per image; a positives-only image gives no background, and
     the batch's exhaustive images draw its share instead, so the batch keeps R-CNN's 1:3."""
     n_exh = sum(it.get("exhaustive", True) for it in batch)
     bg = round((per_image - fg) * len(batch) / max(1, n_exh))
     return [member_draws(it["labels"], it["max_iou"], members=members, fg=fg,
-                         bg=bg if it.get("exhaustive", True) else 0, gen=gen) for it in batch]
+                         bg=bg if it.get("exhaustive", True) else 0, gen=gen, balance=balance) for it in batch]
 
 
-def epoch_order(items: list[dict], gen: torch.Generator) -> list[int]:
+def repeat_factors(items: list[dict], *, thresh: float) -> list[float]:
+    """Repeat-factor sampling (LVIS, Gupta et al. 2019): class c's factor is ``max(1, sqrt(thresh / f_c))``, ``f_c``
+    the share of ``items`` (with ``labels``, ``exhaustive``) holding a positive of c; an exhaustively annotated
+    image takes its rarest class's factor.  A positives-only image keeps 1: how many of them a class gets is their
+    reader's setting (``per_class``), and they bring no background.  ``thresh <= 0``: all 1."""
+    if thresh <= 0 or not items:
+        return [1.0] * len(items)
+    present = [set(it["labels"][it["labels"] > 0].unique().tolist()) for it in items]
+    counts: dict[int, int] = {}
+    for cs in present:
+        for c in cs:
+            counts[c] = counts.get(c, 0) + 1
+    per_class = {c: max(1.0, math.sqrt(thresh * len(items) / k)) for c, k in counts.items()}
+    return [max((per_class[c] for c in cs), default=1.0) if it.get("exhaustive", True) else 1.0
+            for it, cs in zip(items, present)]
+
+
+def repeated(factors: list[float], gen: torch.Generator) -> list[int]:
+    """One epoch's image list: image i ``floor(r_i)`` times and once more with probability ``r_i - floor(r_i)``
+    (stochastic rounding: over epochs image i is shown ``r_i`` times on average)."""
+    u = torch.rand(len(factors), generator=gen).tolist()
+    out = []
+    for i, (r, x) in enumerate(zip(factors, u)):
+        out += [i] * (int(r) + (x < r - int(r)))
+    return out
+
+
+def epoch_order(items: list[dict], gen: torch.Generator, factors: list[float] | None = None) -> list[int]:
     """A random order of ``items`` in which the positives-only images (``exhaustive`` False) are spread evenly
     among the others, so consecutive mini-batches mix them and each keeps background to learn from.  With every
-    image exhaustive it is ``randperm``."""
-    perm = torch.randperm(len(items), generator=gen).tolist()
+    image exhaustive it is ``randperm``.  ``factors`` (:func:`repeat_factors`): each image is taken as often as
+    :func:`repeated` says, the repeats shuffled in with the rest."""
+    if factors is not None and any(f != 1.0 for f in factors):
+        pool = repeated(factors, gen)
+        perm = [pool[k] for k in torch.randperm(len(pool), generator=gen).tolist()]
+    else:
+        perm = torch.randperm(len(items), generator=gen).tolist()
     full = [i for i in perm if items[i].get("exhaustive", True)]
     part = [i for i in perm if not items[i].get("exhaustive", True)]
     if not part or not full:
@@ -298,7 +331,15 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         + f"); trunk maps cached in {t_cache:.0f} s")
     n_img = settings.images_per_batch
     per_image = settings.rois_per_batch // n_img
-    steps = math.ceil(len(items) / n_img)
+    factors = repeat_factors(items, thresh=settings.repeat_thresh)
+    shown = sum(factors)
+    if settings.repeat_thresh > 0:
+        rep = sum(f > 1 for f in factors)
+        log(f"repeat-factor sampling (t={settings.repeat_thresh:g}): {rep} images of rare classes repeated (up to "
+            f"{max(factors):.2f}x): an epoch shows {shown:.0f} images for {len(items)}")
+    if settings.balance_positives:
+        log("positives drawn with about equal shares per class present in an image (balance_positives)")
+    steps = math.ceil(shown / n_img)
     net = FineTuneNet(model)
     gen0 = torch.Generator().manual_seed(settings.seed)
     if init_heads is not None:  # warm start: another ensemble's heads (and their input statistics)
@@ -332,7 +373,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     for epoch in range(run.start_epoch, settings.epochs):
         gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout: a resumed epoch draws what it would have
-        order = epoch_order(items, gen)
+        order = epoch_order(items, gen, factors if settings.repeat_thresh > 0 else None)
         net.train()
         net.stages.eval()  # frozen BatchNorm (and no dropout in the stages): the trunk always runs in eval mode
         for s in progress_bar(range(steps), desc=f"fine-tune epoch {epoch + 1}/{settings.epochs}", unit="step",
@@ -340,7 +381,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             batch = [order[(s * n_img + j) % len(order)] for j in range(n_img)]
             flips = (torch.rand(n_img, generator=gen) < 0.5) & settings.flip
             # every member's draws for every image of the batch, from the one epoch generator: rank-independent
-            draws = batch_draws([items[b] for b in batch], members=M, per_image=per_image, fg=n_fg, gen=gen)
+            draws = batch_draws([items[b] for b in batch], members=M, per_image=per_image, fg=n_fg, gen=gen,
+                                balance=settings.balance_positives)
             # every RoI of the batch weighs the same in each member's loss (Fast R-CNN's mean over the mini-batch),
             # however the RoIs fall on images and ranks: each rank sums its share, DDP's gradient mean is x world
             totals = [max(1, sum(len(d[1][m]) for d in draws)) for m in range(M)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MemberSettings", "member_bg_iou_low", "pool_indices"]
+__all__ = ["MemberSettings", "member_bg_iou_low", "pool_indices", "pick_positives"]
 
 
 @dataclass
@@ -31,6 +31,12 @@ class MemberSettings:
     # gives every member rois_per_batch / images_per_batch RoIs) and the fine-tuned stages' learning-rate factor
     images_per_batch: int = 2
     trunk_lr_scale: float = 0.1
+    # rare classes (issue 15): repeat-factor sampling (LVIS, Gupta et al. 2019) -- an exhaustively annotated image
+    # is shown max(1, sqrt(repeat_thresh / f_c)) times an epoch for its rarest class c (f_c: the share of training
+    # images holding c); 0 turns it off.  balance_positives: an image's positives are drawn with equal shares per
+    # class present (a mouse beside a person is not drowned by the person's many overlapping proposals)
+    repeat_thresh: float = 0.0
+    balance_positives: bool = False
 
 
 def member_bg_iou_low(member: int) -> float:
@@ -42,10 +48,32 @@ def _pick(idx: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return idx[torch.randperm(len(idx), generator=gen)[:n]]
 
 
-def pool_indices(labels: Tensor, max_iou: Tensor, *, fg: int, bg: int, gen: torch.Generator) -> Tensor:
-    """One image's cached RoIs: up to ``fg`` positives, ``bg`` background (half near misses, IoU >= 0.1, half the
-    rest; a short side is filled from the other)."""
-    pos = _pick(torch.nonzero(labels > 0).flatten(), fg, gen)
+def pick_positives(labels: Tensor, idx: Tensor, n: int, gen: torch.Generator, *, balance: bool = False) -> Tensor:
+    """Up to ``n`` of the positives ``idx`` (indices into ``labels``), without repeats: uniformly, or with
+    ``balance`` in equal shares per class present -- round robin over the classes (in a random order) taking each
+    class's positives in a random order, so a class with fewer positives than its share gives them all and the rest
+    goes to the others.  With one class present both draw alike."""
+    if not balance or len(idx) <= n:
+        return _pick(idx, n, gen)
+    cls = labels[idx]
+    classes = torch.unique(cls)
+    if len(classes) == 1:
+        return _pick(idx, n, gen)
+    queues = [_pick(idx[cls == c], int((cls == c).sum()), gen)
+              for c in classes[torch.randperm(len(classes), generator=gen)]]
+    out: list[Tensor] = []
+    for k in range(max(len(q) for q in queues)):
+        out += [q[k] for q in queues if k < len(q)]
+        if len(out) >= n:
+            break
+    return torch.stack(out[:n])
+
+
+def pool_indices(labels: Tensor, max_iou: Tensor, *, fg: int, bg: int, gen: torch.Generator,
+                 balance: bool = False) -> Tensor:
+    """One image's cached RoIs: up to ``fg`` positives (class-balanced with ``balance``: :func:`pick_positives`),
+    ``bg`` background (half near misses, IoU >= 0.1, half the rest; a short side is filled from the other)."""
+    pos = pick_positives(labels, torch.nonzero(labels > 0).flatten(), fg, gen, balance=balance)
     near = torch.nonzero((labels == 0) & (max_iou >= 0.1)).flatten()
     far = torch.nonzero((labels == 0) & (max_iou < 0.1)).flatten()
     n_near = min(len(near), max(bg // 2, bg - len(far)))

@@ -16,7 +16,9 @@ six members share the fine-tuned stages and own their heads: each member draws i
 draw background only from near misses, IoU in [0.1, 0.5)), and the shared stages learn from the sum of the members'
 losses.  BatchNorm is frozen (statistics and affine parameters: timm's ``freeze_batch_norm_2d``, the
 ``FrozenBatchNorm2d`` of timm's BatchNorm-with-activation layers).  The fine-tuned stages learn at ``trunk_lr_scale``
-times the heads' rate.
+times the heads' rate.  For rare classes, ``repeat_thresh`` shows the exhaustively annotated images of rare classes
+more than once an epoch (:func:`repeat_factors`, LVIS's repeat-factor sampling) and ``balance_positives`` draws an
+image's positives in equal shares per class present (:func:`detection.training.roi.pick_positives`).
 
 Nothing is lost to a kill: the cache is per image and atomic, the checkpoint (stages + heads + optimiser + schedule
 + record) is written after every epoch, and the same call resumes after the last finished epoch, drawing exactly what

@@ -33,10 +33,19 @@ class DetectorSettings:
     # fifth): the classifiers over-trust them.  Chosen on the held-out COCO photos (docs/classifiers.md): 30.37 ->
     # 32.56 % with 6 members (SS alone 31.60, rcnn 31.57)
     multibox_weight: float = 0.5
+    # multi-scale testing (Fast R-CNN): shorter sides of an image pyramid, e.g. (600, 1200); each proposal is pooled
+    # from the level where its area is closest to 224^2.  None: the model's own image_size.  Off by default: on the
+    # held-out COCO photos it helps the classes of many small objects (person +10, car +11 AP) but costs 3x the
+    # classifier's time and the mAP of 1-3-object classes (docs/breadth.md, "Multi-scale testing")
+    image_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.multibox_weight <= 1.0:
             raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
+        if self.image_sizes is not None:
+            self.image_sizes = tuple(int(v) for v in self.image_sizes)
+            if not self.image_sizes or min(self.image_sizes) < 1:
+                raise ValueError(f"image_sizes must be positive shorter sides, got {list(self.image_sizes)}")
 
 
 def weight_sources(probs: Tensor, source: Tensor | None, multibox_weight: float) -> Tensor:
@@ -117,7 +126,8 @@ class Detector:
             seconds.update(getattr(self.proposals, "last_seconds", {}))
             seconds["proposals"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip)
+        probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip,
+                                        image_sizes=self.settings.image_sizes)
         probs = weight_sources(probs, source, self.settings.multibox_weight)
         t2 = time.perf_counter()
         b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,

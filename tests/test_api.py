@@ -98,6 +98,12 @@ def test_load_detector_settings_and_errors(tmp_path):
     assert load_detector(proposals="rcnn", multibox_weight=1, cache_dir=tmp_path).settings.multibox_weight == 1
     with pytest.raises(ValueError, match="multibox_weight must be in"):
         load_detector(proposals="rcnn", multibox_weight=-1, cache_dir=tmp_path)
+    # multi-scale testing is off by default; a pyramid is kept as given and shown
+    assert det.settings.image_sizes is None and "image_sizes" not in repr(det)
+    ms = load_detector(proposals="rcnn", image_sizes=[600, 1200], cache_dir=tmp_path)
+    assert ms.settings.image_sizes == (600, 1200) and "image_sizes=[600, 1200]" in repr(ms)
+    with pytest.raises(ValueError, match="image_sizes must be positive"):
+        load_detector(proposals="rcnn", image_sizes=[], cache_dir=tmp_path)
     assert load_detector(cache_dir=tmp_path).proposals.settings.multibox.top_k == 200  # paper by default
     with pytest.raises(ValueError, match="unknown proposal preset 'fast'.*paper, rcnn"):
         load_detector(proposals="fast")

@@ -122,6 +122,21 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
          for t in ("0.3", "0.6")}
     assert n["0.6"] >= n["0.3"] > 0
 
+    # multi-scale testing (an image pyramid of 128 and 256 px): eval_map's setting and compare_detectors' option give
+    # the same figure, and the report names the pyramid
+    r = run(sys.executable, "tools/eval_map.py", *[o for o in ev if not o.startswith("hydra.sweep")],
+            "ensemble.size=2", "detector.image_sizes=[128,256]", f"hydra.run.dir={tmp_path / 'ms'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ms_map = json.loads((tmp_path / "ms" / "metrics.json").read_text())["mAP"]
+    assert "128 px, 256 px" in (tmp_path / "ms" / "report.html").read_text()
+    r = run(sys.executable, "tools/compare_detectors.py", "--split", "voc", "--proposals", "rcnn", "--members", "2",
+            "--image-sizes", "128", "256", "--model", f"tiny={tmp_path / 'model' / 'region.pt'}",
+            "--out", str(tmp_path / "cmp_ms"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    row, = json.loads((tmp_path / "cmp_ms" / "summary.json").read_text())
+    assert row["variant"] == "tiny-rcnn-m2-flip-ms128x256"
+    assert row["mAP"] == pytest.approx(ms_map, abs=1e-6) and ms_map != flip_map
+
     # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)
     photo = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(photo)

@@ -180,6 +180,52 @@ def test_flip_view_is_the_mirror_image_with_mirrored_boxes(lite0, mode):
     assert "classify.flip_view" in res.seconds and len(res.boxes) > 0
 
 
+def test_image_pyramid_pools_each_box_from_the_level_nearest_crop_size(lite0):
+    """image_sizes: a small box is pooled from the enlarged image, a large one from the model's own scale (Fast
+    R-CNN's rule: scaled area nearest crop_size^2); each row equals a one-level call at that box's level."""
+    model = _ensemble(lite0, members=2, roi_layer="stem", roi_size=4, crop_size=64, context_padding=4)
+    img = skimage.data.chelsea()  # 451 x 300
+    boxes = torch.tensor([[50.0, 10, 400, 300], [200, 150, 230, 175], [0, 0, 60, 60]])
+    s1, s2 = model.image_scale(451, 300), model.image_scale(451, 300, 320)
+    assert s1 == pytest.approx(160 / 300) and s2 == pytest.approx(2 * s1)  # the longer-side cap scales with it
+    # areas at s1: 186 x 155 px, 16 x 13, 32 x 32 -> nearest 64^2 at s1, s2, s2 (32 x 32 at s1 is 64 x 64 at s2)
+    assert model.assign_scales(boxes, [s1, s2]).tolist() == [0, 1, 1]
+    assert model.assign_scales(boxes, [s2, s1]).tolist() == [1, 0, 0]
+    single = model.member_logits(img, boxes)
+    torch.testing.assert_close(model.member_logits(img, boxes, image_sizes=[160]), single)
+    both = model.member_logits(img, boxes, image_sizes=(160, 320))
+    big = model.member_logits(img, boxes, image_sizes=[320])
+    torch.testing.assert_close(both[:, 0], single[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[:, 1:], big[:, 1:], atol=1e-4, rtol=1e-4)
+    assert (big[:, 1:] - single[:, 1:]).abs().max() > 1e-2  # the levels really differ
+    x, scale = model.prepare_image(img, 320)
+    assert min(x.shape[1:]) == 320 and scale == pytest.approx(s2)
+    # with the mirror view: both views follow the same assignment
+    views = model.member_logits(img, boxes, flip=True, image_sizes=(160, 320))
+    torch.testing.assert_close(views[0], both, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(views[1, :, 1:], model.member_logits(img, boxes, flip=True, image_sizes=[320])[1, :, 1:],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.predict(img, boxes, image_sizes=(160, 320)), both.softmax(-1).mean(0))
+    # the detector passes its setting on: its detections are those of the pyramid's scores
+    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=False, image_sizes=[160, 320]))
+    assert det.settings.image_sizes == (160, 320)
+    res = det.detect(img, boxes=boxes)
+    want_b, want_s, want_l = postprocess(boxes, model.predict(img, boxes, image_sizes=(160, 320)), nms_iou=0.3,
+                                         score_threshold=0.0)
+    torch.testing.assert_close(res.scores, want_s)
+    assert res.labels.tolist() == want_l.tolist()
+    with pytest.raises(ValueError, match="image_sizes"):
+        DetectorSettings(image_sizes=[600, 0])
+    # a level whose scale coincides with another's (max_upscale) is computed once: the same as one level
+    capped = _ensemble(lite0, members=2, roi_layer="stem", roi_size=4, crop_size=64, context_padding=4,
+                       max_upscale=0.5)
+    torch.testing.assert_close(capped.member_logits(img, boxes, image_sizes=(160, 320)), capped.member_logits(img, boxes))
+    with pytest.raises(ValueError, match="image_sizes"):
+        model.member_logits(img, boxes, image_sizes=[])
+    with pytest.raises(ValueError, match="roi-mode"):
+        _ensemble(lite0, mode="warp", crop_size=64, context_padding=8).member_logits(img, boxes, image_sizes=[160])
+
+
 def test_stem_layer_pools_the_map_before_the_last_block(lite0):
     """roi_layer=stem: RoIs pooled from lite0's 320-channel blocks.6 map (before conv_head), 4x4; the heads
     standardise their input with the saved statistics."""

@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("--mb-weight", type=float, nargs="+", default=[DetectorSettings().multibox_weight],
                     help="multiply the class scores of MultiBox's boxes by this (default: the detector's, 0.5; 1: "
                          "unweighted); with several, each is a variant (...-mbw0.5) of the same pass")
+    ap.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
+                    help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
+                         "pooled from the level where its area is closest to 224^2 (variants named ...-ms600x1200); "
+                         "default: the model's image_size alone")
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--data-root", default=None)
@@ -117,7 +121,7 @@ def main() -> None:
                 # the sets share most boxes (paper = MultiBox's 200 + selective search): classify each box once
                 allb = torch.cat(boxes)
                 uniq, inv = torch.unique(allb, dim=0, return_inverse=True)
-                views = model.member_logits(img, uniq, flip="on" in flips).float()
+                views = model.member_logits(img, uniq, flip="on" in flips, image_sizes=args.image_sizes).float()
                 probs_v = (views if "on" in flips else views[None])[:, :, inv].softmax(-1)  # [V, M, N, C]
                 s = 0
                 for p, b in zip(sets, boxes):
@@ -138,12 +142,13 @@ def main() -> None:
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
             name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
-                    + (f"-mbw{w:g}" if len(weights) > 1 else ""))
+                    + (f"-mbw{w:g}" if len(weights) > 1 else "")
+                    + ("-ms" + "x".join(map(str, args.image_sizes)) if args.image_sizes else ""))
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
                          extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t, "mb_weight": w,
-                                "errors": errors.to_dict(det200()),
+                                "image_sizes": args.image_sizes, "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")

@@ -40,6 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--multibox-weight", type=float, default=0.5,
                    help="multiply the class scores of MultiBox's boxes by this (default 0.5, chosen on held-out COCO "
                         "photos; 1: unweighted)")
+    p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
+                   help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
+                        "classified on the level where its area is closest to 224^2 (small objects gain; ~3x the "
+                        "classifier's time). Default: the model's own scale")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         det = load_detector(args.model, proposals=args.proposals, device=str(rank_device(args.device)),
                             members=args.members, score_threshold=args.min_score, flip=args.flip,
-                            multibox_weight=args.multibox_weight)
+                            multibox_weight=args.multibox_weight, image_sizes=args.image_sizes)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         finish(world)

@@ -108,6 +108,8 @@ def report_info(cfg: DictConfig, extra: dict) -> dict:
                               f"({extra.get('proposals_per_image', 0):.0f} / image)",
                  "mirror view (test-time flip)": "on" if cfg.detector.flip else "off",
                  "MultiBox boxes: score weight": f"{cfg.detector.multibox_weight:g}",
+                 "image pyramid (shorter sides)": (", ".join(f"{v} px" for v in cfg.detector.image_sizes)
+                                                   if cfg.detector.image_sizes else "off (the model's own scale)"),
                  "NMS IoU": cfg.detector.nms_iou, "ranks": extra.get("ranks"),
                  "detector time": f"{extra.get('seconds_per_image', 0):.2f} s / image (proposals cached)",
                  "detections file": extra.get("detections"), "command": " ".join(sys.argv)})

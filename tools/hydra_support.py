@@ -52,6 +52,7 @@ class DetectorConfig:
     score_threshold: float = 0.01
     flip: bool = True  # average each proposal's softmax with its mirror image's (test-time flip)
     multibox_weight: float = 0.5  # MultiBox's boxes' class scores times this (1: unweighted)
+    image_sizes: Optional[list[int]] = None  # multi-scale testing: an image pyramid's shorter sides (None: off)
 
 
 @dataclass
@@ -147,6 +148,7 @@ def build_detector(cfg: DictConfig):
                          nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
                          score_threshold=cfg.detector.score_threshold, flip=cfg.detector.flip,
                          multibox_weight=cfg.detector.multibox_weight,
+                         image_sizes=cfg.detector.image_sizes,
                          cache_dir=resolve_cache_dir(cfg))
 
 

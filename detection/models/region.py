@@ -277,22 +277,25 @@ class RegionEnsemble(nn.Module):
 
     # ------------------------------------------------------------------ inputs
 
-    def image_scale(self, width: int, height: int) -> float:
-        """roi mode: the factor that brings the shorter side to ``image_size`` (longer side at most ``max_image_size``,
-        enlargement at most ``max_upscale``)."""
-        s = min(self.cfg.image_size / min(width, height), self.cfg.max_image_size / max(width, height))
+    def image_scale(self, width: int, height: int, image_size: int | None = None) -> float:
+        """roi mode: the factor that brings the shorter side to ``image_size`` (default ``cfg.image_size``; the
+        longer side at most ``max_image_size`` in the same proportion, enlargement at most ``max_upscale``)."""
+        size = self.cfg.image_size if image_size is None else int(image_size)
+        longest = self.cfg.max_image_size * size / self.cfg.image_size
+        s = min(size / min(width, height), longest / max(width, height))
         return min(s, float(self.cfg.max_upscale)) if self.cfg.max_upscale else s
 
-    def prepare_image(self, image_rgb: np.ndarray) -> tuple[Tensor, float]:
+    def prepare_image(self, image_rgb: np.ndarray, image_size: int | None = None) -> tuple[Tensor, float]:
         """``uint8[H, W, 3]`` -> (normalised ``[3, h, w]`` on the module's device, scale).  roi mode resizes
-        (bilinear, antialiased) by :meth:`image_scale`; warp mode keeps the original pixels (scale 1)."""
+        (bilinear, antialiased) by :meth:`image_scale` (``image_size``: another shorter side than the model's);
+        warp mode keeps the original pixels (scale 1)."""
         arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
         x = torch.from_numpy(arr).permute(2, 0, 1).to(self.device)
         x = x.float() / 255.0
         scale = 1.0
         if self.cfg.mode == "roi":
             h, w = image_rgb.shape[:2]
-            scale = self.image_scale(w, h)
+            scale = self.image_scale(w, h, image_size)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
         return self.backbones[0].normalize(x), scale
@@ -307,27 +310,59 @@ class RegionEnsemble(nn.Module):
 
     # ------------------------------------------------------------------ inference
 
+    def assign_scales(self, boxes: Tensor, scales: list[float]) -> Tensor:
+        """Multi-scale testing (Fast R-CNN, §5.2): each box goes to the image scale at which its area is closest to
+        ``crop_size``² (the size the classifiers were built around).  ``boxes [N, 4]`` in image pixels, ``scales``
+        the image's factors -> ``Long[N]`` indices into ``scales`` (ties: the first)."""
+        area = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).float()
+        s = torch.as_tensor(scales, dtype=area.dtype, device=area.device)
+        gap = (area[:, None] * s[None] ** 2 - float(self.cfg.crop_size) ** 2).abs()
+        return gap.argmin(1)
+
     @torch.inference_mode()
-    def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64, flip: bool = False
-                      ) -> Tensor:
+    def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64, flip: bool = False,
+                      image_sizes: list[int] | tuple[int, ...] | None = None) -> Tensor:
         """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``.
 
         ``flip``: also classify the mirror image (the network input flipped left to right, the boxes mirrored with
-        it), a second view of every proposal: ``Tensor[2, M, N, classes]``, the image's view first."""
+        it), a second view of every proposal: ``Tensor[2, M, N, classes]``, the image's view first.
+        ``image_sizes`` (roi mode): shorter sides of an image pyramid, e.g. ``(600, 1200)``; each proposal is pooled
+        from the level where its area is closest to ``crop_size``² (:meth:`assign_scales`), so a 40 px object is
+        pooled from a map at twice the resolution.  None: the model's ``image_size`` alone."""
         import time
 
-        x, scale = self.prepare_image(image_rgb)
+        if image_sizes is not None and self.cfg.mode != "roi":
+            raise ValueError("image_sizes (multi-scale testing) needs a roi-mode model; warp mode crops each "
+                             "proposal at its own resolution already")
+        if image_sizes is not None and (len(image_sizes) == 0 or any(int(v) < 1 for v in image_sizes)):
+            raise ValueError(f"image_sizes must be positive shorter sides, got {list(image_sizes)}")
         boxes = boxes.float().to(self.device)
         seconds: dict = {}
-        out = self._view_logits(x, boxes, scale, batch_size, seconds)
-        if flip:
-            t = time.perf_counter()
-            mirrored = self._view_logits(x.flip(-1), mirror_boxes(boxes, float(image_rgb.shape[1])), scale,
-                                         batch_size, seconds)
-            out = torch.stack([out, mirrored])
-            seconds["flip_view"] = time.perf_counter() - t
+        sizes = [None] if image_sizes is None else list(dict.fromkeys(int(v) for v in image_sizes))
+        h, w = image_rgb.shape[:2]
+        if len(sizes) > 1:
+            # levels whose scale coincides (max_upscale, max_image_size) are computed once
+            by_scale: dict = {}
+            for v in sizes:
+                by_scale.setdefault(self.image_scale(w, h, v), v)
+            sizes = list(by_scale.values())
+        level = (self.assign_scales(boxes, [self.image_scale(w, h, v) for v in sizes]) if len(sizes) > 1
+                 else torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device))
+        views = 2 if flip else 1
+        out = torch.zeros(views, self.cfg.members, boxes.shape[0], self.cfg.num_classes, device=self.device)
+        mirrored = mirror_boxes(boxes, float(w)) if flip else None
+        for k, v in enumerate(sizes):
+            sel = (level == k).nonzero().flatten()
+            if len(sizes) > 1 and sel.numel() == 0:
+                continue
+            x, scale = self.prepare_image(image_rgb, v)
+            out[0][:, sel] = self._view_logits(x, boxes[sel], scale, batch_size, seconds)
+            if flip:
+                t = time.perf_counter()
+                out[1][:, sel] = self._view_logits(x.flip(-1), mirrored[sel], scale, batch_size, seconds)
+                seconds["flip_view"] = seconds.get("flip_view", 0.0) + time.perf_counter() - t
         self.last_seconds = seconds
-        return out
+        return out if flip else out[0]
 
     def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict) -> Tensor:
         """One view's ``[M, N, classes]``; adds its time per part to ``seconds``."""
@@ -363,13 +398,14 @@ class RegionEnsemble(nn.Module):
         seconds["crops_trunk_and_heads"] = seconds.get("crops_trunk_and_heads", 0.0) + time.perf_counter() - t0
         return out
 
-    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None, flip: bool = False
-                ) -> Tensor:
+    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None, flip: bool = False,
+                image_sizes: list[int] | tuple[int, ...] | None = None) -> Tensor:
         """Averaged softmax of the first ``members`` members (all by default): ``Tensor[N, classes]``, CPU float.
-        ``flip``: the average also takes in every member's softmax on the mirror image (2 x members views)."""
+        ``flip``: the average also takes in every member's softmax on the mirror image (2 x members views).
+        ``image_sizes``: multi-scale testing (:meth:`member_logits`)."""
         if members is not None and not 1 <= members <= self.cfg.members:
             raise ValueError(f"members must be in 1..{self.cfg.members}, got {members}")
-        logits = self.member_logits(image_rgb, boxes, flip=flip)
+        logits = self.member_logits(image_rgb, boxes, flip=flip, image_sizes=image_sizes)
         if not flip:
             logits = logits[None]
         logits = logits[:, :members] if members is not None else logits

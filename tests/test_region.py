@@ -205,6 +205,7 @@ def test_image_pyramid_pools_each_box_from_the_level_nearest_crop_size(lite0):
     torch.testing.assert_close(views[0], both, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(views[1, :, 1:], model.member_logits(img, boxes, flip=True, image_sizes=[320])[1, :, 1:],
                                atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(views[1, :, 0], model.member_logits(img, boxes, flip=True)[1, :, 0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.predict(img, boxes, image_sizes=(160, 320)), both.softmax(-1).mean(0))
     # the detector passes its setting on: its detections are those of the pyramid's scores
     det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=False, image_sizes=[160, 320]))
@@ -222,8 +223,11 @@ def test_image_pyramid_pools_each_box_from_the_level_nearest_crop_size(lite0):
     torch.testing.assert_close(capped.member_logits(img, boxes, image_sizes=(160, 320)), capped.member_logits(img, boxes))
     with pytest.raises(ValueError, match="image_sizes"):
         model.member_logits(img, boxes, image_sizes=[])
+    warp = _ensemble(lite0, mode="warp", crop_size=64, context_padding=8)
     with pytest.raises(ValueError, match="roi-mode"):
-        _ensemble(lite0, mode="warp", crop_size=64, context_padding=8).member_logits(img, boxes, image_sizes=[160])
+        warp.member_logits(img, boxes, image_sizes=[160])
+    with pytest.raises(ValueError, match="roi-mode model; this one is in warp mode"):  # said when it is built
+        Detector(classifier=warp, settings=DetectorSettings(image_sizes=[160, 320]))
 
 
 def test_stem_layer_pools_the_map_before_the_last_block(lite0):

@@ -85,8 +85,9 @@ def bench_api(args) -> dict:
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
-    det = load_detector()
-    out = {"load_s": time.perf_counter() - t, "threads": args.threads, "repeats": args.repeats, "photos": {}}
+    det = load_detector(image_sizes=args.image_sizes)
+    out = {"load_s": time.perf_counter() - t, "threads": args.threads, "repeats": args.repeats, "photos": {},
+           "image_sizes": args.image_sizes}
     for name, flip in [(n, f) for f in args.flip for n in ("chelsea", "coffee", "astronaut")]:
         det.settings.flip = flip == "on"
         img = getattr(skimage.data, name)()
@@ -116,6 +117,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="api: torch threads")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the test-time mirror view (on, the default), without it (off), or both")
+    p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
+                   help="api: multi-scale testing with this image pyramid (e.g. 600 1200; default: off)")
     p.add_argument("--out", default="outputs/bench_scale")
     args = p.parse_args()
     out = (ROOT / args.out).resolve()
@@ -125,7 +128,7 @@ def main() -> None:
     if "api" in which:
         res["api"] = a = bench_api(args)
         print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']} on {a['threads']} "
-              f"thread(s):")
+              f"thread(s)" + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "") + ":")
         for name, ph in [(f"{n}{' no flip' if k == 'photos_no_flip' else ''}", ph)
                          for k in ("photos", "photos_no_flip") for n, ph in a.get(k, {}).items()]:
             print(f"  {name} ({ph['size']}): {ph['detect_median_s']:.2f} s ("

@@ -340,12 +340,8 @@ class RegionEnsemble(nn.Module):
         seconds: dict = {}
         sizes = [None] if image_sizes is None else list(dict.fromkeys(int(v) for v in image_sizes))
         h, w = image_rgb.shape[:2]
-        if len(sizes) > 1:
-            # levels whose scale coincides (max_upscale, max_image_size) are computed once
-            by_scale: dict = {}
-            for v in sizes:
-                by_scale.setdefault(self.image_scale(w, h, v), v)
-            sizes = list(by_scale.values())
+        # (levels whose scales coincide, e.g. a small photo capped by max_upscale, tie in assign_scales: the first
+        # takes every box and the others, left empty, are not computed)
         level = (self.assign_scales(boxes, [self.image_scale(w, h, v) for v in sizes]) if len(sizes) > 1
                  else torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device))
         views = 2 if flip else 1

@@ -203,7 +203,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
             photos: the classifiers over-trust those boxes); 1: as the classifiers give them.
         image_sizes: multi-scale testing, e.g. ``(600, 1200)``: each proposal is classified on the level of this
             image pyramid (shorter sides) where its area is closest to 224²; ``None`` (the default): the model's
-            own scale.  Helps small objects at about 3x the classifier's time (docs/breadth.md).
+            own scale.  Helps small objects at 3.4-4x the classifier's time (docs/breadth.md, "Small objects and
+            multi-scale testing").
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration): ``"imagenet"``,
             a local ``.pth`` file, or ``None``.

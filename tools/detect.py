@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "photos; 1: unweighted)")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
                    help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
-                        "classified on the level where its area is closest to 224^2 (small objects gain; ~3x the "
+                        "classified on the level where its area is closest to 224^2 (small objects gain; 3.4-4x the "
                         "classifier's time). Default: the model's own scale")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")

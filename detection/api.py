@@ -227,7 +227,7 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
                                     members=members, flip=flip, multibox_weight=multibox_weight,
-                                    image_sizes=None if image_sizes is None else tuple(image_sizes))
+                                    image_sizes=image_sizes)
     name = proposals if isinstance(proposals, (str, Path)) else "custom"
     return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),
                           device=str(dev))

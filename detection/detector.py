@@ -113,9 +113,7 @@ class Detector:
         self.classifier = classifier.eval()
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
-        if self.settings.image_sizes is not None and classifier.cfg.mode != "roi":
-            raise ValueError(f"image_sizes (multi-scale testing) needs a roi-mode model; this one is in "
-                             f"{classifier.cfg.mode} mode, which crops each proposal at its own resolution already")
+        classifier.check_image_sizes(self.settings.image_sizes)  # a warp-mode model: said now, not at the first image
 
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:

@@ -331,34 +331,47 @@ class RegionEnsemble(nn.Module):
         pooled from a map at twice the resolution.  None: the model's ``image_size`` alone."""
         import time
 
-        if image_sizes is not None and self.cfg.mode != "roi":
-            raise ValueError("image_sizes (multi-scale testing) needs a roi-mode model; warp mode crops each "
-                             "proposal at its own resolution already")
-        if image_sizes is not None and (len(image_sizes) == 0 or any(int(v) < 1 for v in image_sizes)):
-            raise ValueError(f"image_sizes must be positive shorter sides, got {list(image_sizes)}")
+        self.check_image_sizes(image_sizes)
         boxes = boxes.float().to(self.device)
         seconds: dict = {}
-        sizes = [None] if image_sizes is None else list(dict.fromkeys(int(v) for v in image_sizes))
         h, w = image_rgb.shape[:2]
-        # (levels whose scales coincide, e.g. a small photo capped by max_upscale, tie in assign_scales: the first
-        # takes every box and the others, left empty, are not computed)
-        level = (self.assign_scales(boxes, [self.image_scale(w, h, v) for v in sizes]) if len(sizes) > 1
-                 else torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device))
-        views = 2 if flip else 1
-        out = torch.zeros(views, self.cfg.members, boxes.shape[0], self.cfg.num_classes, device=self.device)
         mirrored = mirror_boxes(boxes, float(w)) if flip else None
-        for k, v in enumerate(sizes):
-            sel = (level == k).nonzero().flatten()
-            if len(sizes) > 1 and sel.numel() == 0:
-                continue
-            x, scale = self.prepare_image(image_rgb, v)
-            out[0][:, sel] = self._view_logits(x, boxes[sel], scale, batch_size, seconds)
+
+        def views_at(size, b, mb) -> Tensor:  # [V, M, n, classes] of boxes b (mirrored: mb) at one level
+            x, scale = self.prepare_image(image_rgb, size)
+            out = [self._view_logits(x, b, scale, batch_size, seconds)]
             if flip:
                 t = time.perf_counter()
-                out[1][:, sel] = self._view_logits(x.flip(-1), mirrored[sel], scale, batch_size, seconds)
+                out.append(self._view_logits(x.flip(-1), mb, scale, batch_size, seconds))
                 seconds["flip_view"] = seconds.get("flip_view", 0.0) + time.perf_counter() - t
+            return torch.stack(out) if flip else out[0][None]
+
+        sizes = [None] if image_sizes is None else list(dict.fromkeys(int(v) for v in image_sizes))
+        if len(sizes) == 1:
+            out = views_at(sizes[0], boxes, mirrored)
+        else:
+            # (levels whose scales coincide, e.g. a small photo capped by max_upscale, tie in assign_scales: the first
+            # takes every box and the others, left empty, are not computed)
+            level = self.assign_scales(boxes, [self.image_scale(w, h, v) for v in sizes])
+            out = torch.zeros(2 if flip else 1, self.cfg.members, boxes.shape[0], self.cfg.num_classes,
+                              device=self.device)
+            for k, v in enumerate(sizes):
+                sel = (level == k).nonzero().flatten()
+                if sel.numel():
+                    out[:, :, sel] = views_at(v, boxes[sel], mirrored[sel] if flip else None)
         self.last_seconds = seconds
         return out if flip else out[0]
+
+    def check_image_sizes(self, image_sizes) -> None:
+        """Raise ``ValueError`` unless ``image_sizes`` (multi-scale testing) is ``None`` or positive shorter sides for
+        a roi-mode model."""
+        if image_sizes is None:
+            return
+        if self.cfg.mode != "roi":
+            raise ValueError(f"image_sizes (multi-scale testing) needs a roi-mode model; this one is in "
+                             f"{self.cfg.mode} mode, which crops each proposal at its own resolution already")
+        if len(image_sizes) == 0 or any(int(v) < 1 for v in image_sizes):
+            raise ValueError(f"image_sizes must be positive shorter sides, got {list(image_sizes)}")
 
     def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict) -> Tensor:
         """One view's ``[M, N, classes]``; adds its time per part to ``seconds``."""

@@ -153,16 +153,22 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
 
 def test_train_classifier_under_torchrun_ddp(tiny_voc, tmp_path):
     common = _common(tiny_voc, tmp_path)
-    args = common + ["val_dataset=null", "model.members=1", "model.image_size=128", "model.max_image_size=200",
-                     "train.epochs=1", "train.rois_per_batch=32", f"out_dir={tmp_path / 'model'}",
-                     f"hydra.run.dir={tmp_path / 'run'}"]
+    # multi-scale training (train.image_sizes) on 2 ranks, validated with multi-scale testing on the same levels
+    args = common + ["dataset@val_dataset=voc", f"+val_dataset.root={tiny_voc}", "val_dataset.name=tiny",
+                     "model.members=1", "model.image_size=128", "model.max_image_size=200",
+                     "train.epochs=1", "train.rois_per_batch=32", "train.image_sizes=[128,256]",
+                     f"out_dir={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'run'}"]
     r = run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
             "tools/train_classifier.py", *args)
     assert r.returncode == 0, r.stderr[-3000:]
     model = load_ensemble(tmp_path / "model" / "region.pt")
-    assert model.record["world_size"] == 2 and len(model.record["epochs"]) == 1
-    # the two ranks shared the trunk-map cache: each readable image's file exists once
-    assert len(list((tmp_path / "cache" / "trunk_maps" / "tiny").glob("trunk_maps-*/*.pt"))) == 4
+    rec = model.record
+    assert rec["world_size"] == 2 and len(rec["epochs"]) == 1 and rec["settings"]["image_sizes"] == [128, 256]
+    assert rec["multiscale_images"] >= 1 and "also train at shorter side 256" in r.stdout
+    assert rec["val"]["image_sizes"] == [128, 256] and 0 <= rec["val"]["mAP"] <= 1
+    # the two ranks shared the trunk-map caches: each readable image's file exists once, each level in its own
+    per_level = sorted(len(list(d.glob("*.pt"))) for d in (tmp_path / "cache" / "trunk_maps" / "tiny").glob("trunk_maps-*"))
+    assert len(per_level) == 2 and per_level[1] == 4 and rec["multiscale_images"] <= per_level[0] <= 4
 
 
 @pytest.mark.parametrize("name", ["train_classifier", "eval_map"])

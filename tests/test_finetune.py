@@ -244,3 +244,76 @@ def test_repeat_factor_sampling_lengthens_the_epoch_and_a_resume_keeps_the_recip
     with pytest.raises(RuntimeError, match=r"repeat_thresh 2\.0 -> 0\.5"):
         train_finetuned(model, ds, props, settings=again, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
                         progress=False, log=lambda *a: None)
+
+
+def test_pyramid_levels_are_checked_and_each_level_scales_like_multiscale_testing():
+    """Multi-scale training's levels: the model's own size must be among them; a level's model takes an image at the
+    scale multi-scale testing uses for that level (longer-side cap and max_upscale included), shares the trunk, and
+    keys its trunk maps apart."""
+    from dataclasses import replace
+
+    from detection.training.finetune import level_model, pyramid_sizes
+
+    model = RegionEnsemble(cfg=replace(_cfg(1), max_upscale=4.0), backbones=[build_backbone("lite0", weights=None)])
+    assert pyramid_sizes(model, None) == [160] and pyramid_sizes(model, []) == [160]
+    assert pyramid_sizes(model, [320, 160, 320]) == [320, 160]
+    with pytest.raises(ValueError, match=r"must include model.image_size \(160\)"):
+        pyramid_sizes(model, [320, 640])
+    with pytest.raises(ValueError, match="positive shorter sides"):
+        pyramid_sizes(model, [160, 0])
+    fine = level_model(model, 320)
+    assert fine.cfg.image_size == 320 and fine.cfg.max_image_size == 480 and fine.cfg.max_upscale == 4.0
+    assert fine.backbones[0] is model.backbones[0]
+    for w, h in [(451, 300), (300, 451), (64, 64), (2000, 300)]:  # plain, portrait, capped by max_upscale, by the long side
+        assert fine.image_scale(w, h) == pytest.approx(model.image_scale(w, h, 320), rel=1e-12)
+    assert fine.image_scale(64, 64) == 4.0 and fine.image_scale(2000, 300) == pytest.approx(480 / 2000)
+    assert trunk_settings(fine, backbone_weights="imagenet") != trunk_settings(model, backbone_weights="imagenet")
+
+
+def test_multiscale_training_adds_the_finer_level_of_images_with_small_objects(photos, tmp_path):
+    """train.image_sizes=[160, 320]: the astronaut, whose box multi-scale testing reads at 320, also trains at 320
+    on the proposals that rule sends there; chelsea's large cat does not.  The level's maps are cached apart at its
+    scale, and the logits training computes there equal multi-scale testing's for the same boxes.  A rerun with
+    other levels in the same out_dir is refused."""
+    import numpy as np
+
+    from detection.training.finetune import level_boxes, level_model
+
+    ds, props = photos
+    model = RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    sizes = [160, 320]
+    chelsea, astronaut = ds.records
+    assert level_boxes(model, chelsea.boxes, width=chelsea.width, height=chelsea.height, sizes=sizes).tolist() == [0]
+    assert level_boxes(model, astronaut.boxes, width=astronaut.width, height=astronaut.height,
+                       sizes=sizes).tolist() == [1]
+    settings = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=1, trunk_lr_scale=1.0, image_sizes=sizes)
+    lines = []
+    rec = train_finetuned(model, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                          progress=False, log=lines.append)
+    assert rec["images"] == 2 and rec["multiscale_images"] == 1 and rec["settings"]["image_sizes"] == sizes
+    assert any("1 images also train at shorter side 320" in s and "1 hold an object read there" in s for s in lines)
+    assert any("on 2 images of two + 1 at other scales" in s for s in lines)
+    fine = TrunkCache(tmp_path / "c" / "trunk_maps", ds.name,
+                      trunk_settings(level_model(model, 320), backbone_weights="imagenet"))
+    assert fine.load("chelsea") is None
+    e = fine.load("astronaut")
+    assert e["scale"] == pytest.approx(model.image_scale(512, 512, 320))
+    assert e["map"].shape[-2:] == (10, 10)  # 320 px at stride 32 (the frozen part ends with blocks.5)
+    p = props[1]
+    lv = level_boxes(model, p, width=512, height=512, sizes=sizes)
+    sel = p[lv == 1][:12]
+    assert len(sel) == 12
+    whole = torch.tensor([[0.0, 0.0, 512.0, 512.0]])  # the whole photo stays at 160
+    assert level_boxes(model, whole, width=512, height=512, sizes=sizes).tolist() == [0]
+    net = FineTuneNet(model).eval()
+    with torch.no_grad():
+        train_path = net(e["map"].float()[None], model.rois(sel, scale=e["scale"]), [torch.arange(len(sel))] * 2)
+    infer = model.member_logits(np.asarray(Image.open(astronaut.path).convert("RGB")), sel, image_sizes=(160, 320))
+    one_level = model.member_logits(np.asarray(Image.open(astronaut.path).convert("RGB")), sel)
+    for m in range(2):
+        torch.testing.assert_close(train_path[m], infer[m], atol=2e-2, rtol=1e-2)
+    assert (infer - one_level).abs().max() > 0.1  # the finer level really is another view
+    with pytest.raises(RuntimeError, match=r"image_sizes \[160, 320\] -> None"):
+        train_finetuned(model, ds, props, settings=MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=1,
+                                                                  trunk_lr_scale=1.0),
+                        cache_root=tmp_path / "c", out_dir=tmp_path / "o", progress=False, log=lambda *a: None)

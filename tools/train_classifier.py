@@ -182,8 +182,14 @@ def validate(cfg: DictConfig, model, stage) -> dict:
     stage.extract(val, workers=cfg.workers, progress=False)
     loaded = stage.load(val, skip_missing=True)  # boxes with their merge tags: the detector's MultiBox weighting too
     out = {"dataset": val.name}
+    # a model trained on an image pyramid (train.image_sizes) is validated with multi-scale testing on the same levels
+    sizes = cfg.train.image_sizes
+    sizes = tuple(sizes) if sizes and len(set(sizes)) > 1 else None
+    if sizes:
+        out["image_sizes"] = list(sizes)
     for key, members in (("mAP", None), ("mAP_member0", 1)):
-        dets, st = detect_dataset(Detector(classifier=model.eval(), settings=DetectorSettings(members=members)),
+        dets, st = detect_dataset(Detector(classifier=model.eval(),
+                                           settings=DetectorSettings(members=members, image_sizes=sizes)),
                                   val, loaded, progress=False)
         dets, val_eval = restrict_to_scored(dets, val, st["positions"])
         out[key] = evaluate(dets, val_eval).map

@@ -43,7 +43,7 @@ from detection.training.roi import MemberSettings, member_bg_iou_low
 from detection.training.sampler import label_proposals, sample_indices
 from proposals.cache import DatasetCache, ProposalCache, file_sha1
 
-__all__ = ["TrunkCache", "trunk_cache", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
+__all__ = ["TrunkCache", "trunk_cache", "level_model", "pyramid_sizes", "level_boxes", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
            "epoch_order", "batch_draws", "repeat_factors", "repeated"]
 
 
@@ -138,6 +138,43 @@ def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: Da
         cache.save(r, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
                        **meta, "image_sha1": sha})
     return skipped
+
+
+def level_model(model: RegionEnsemble, image_size: int) -> RegionEnsemble:
+    """``model`` taken at another shorter side, for caching its trunk maps there: it shares ``model``'s trunk, and its
+    :meth:`~RegionEnsemble.image_scale` is ``model.image_scale(w, h, image_size)`` (the longer-side cap scaled in
+    proportion, ``max_upscale`` kept), the scale multi-scale testing uses for that level.  The size is part of the
+    trunk-map cache key, so each level is cached apart."""
+    from dataclasses import replace
+
+    cfg = model.cfg
+    longest = cfg.max_image_size * int(image_size) / cfg.image_size
+    longest = int(longest) if float(longest).is_integer() else longest
+    return RegionEnsemble(cfg=replace(cfg, image_size=int(image_size), max_image_size=longest),
+                          backbones=list(model.backbones)).eval()
+
+
+def pyramid_sizes(model: RegionEnsemble, sizes) -> list[int]:
+    """Multi-scale training's levels (``MemberSettings.image_sizes``), checked: positive shorter sides, the model's
+    ``image_size`` among them (every image trains there, as the one-scale detector reads it), duplicates dropped,
+    in the given order (the order multi-scale testing breaks ties in).  ``None`` or empty: ``[image_size]``."""
+    if not sizes:
+        return [model.cfg.image_size]
+    out = list(dict.fromkeys(int(v) for v in sizes))
+    if any(v < 1 for v in out):
+        raise ValueError(f"train.image_sizes must be positive shorter sides, got {list(sizes)}")
+    if model.cfg.mode != "roi":
+        raise ValueError("train.image_sizes (multi-scale training) needs a roi-mode model")
+    if model.cfg.image_size not in out:
+        raise ValueError(f"train.image_sizes {out} must include model.image_size ({model.cfg.image_size}): every "
+                         f"image trains at the size the one-scale detector reads it")
+    return out
+
+
+def level_boxes(model: RegionEnsemble, boxes: Tensor, *, width: int, height: int, sizes: list[int]) -> Tensor:
+    """``Long[N]``: the index into ``sizes`` of the level multi-scale testing reads each box from
+    (:meth:`RegionEnsemble.assign_scales` at the image's scales for ``sizes``)."""
+    return model.assign_scales(boxes.float(), [model.image_scale(width, height, v) for v in sizes])
 
 
 class FineTuneNet(nn.Module):
@@ -251,6 +288,54 @@ def epoch_order(items: list[dict], gen: torch.Generator, factors: list[float] | 
     return [i for _, _, i in sorted(keyed)]
 
 
+def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None],
+                 positions: list[int], *, sizes: list[int], level: int, settings, cache_root, backbone_weights,
+                 rank: int, world_size: int, progress: bool, log, index: int) -> tuple[DatasetCache, list[dict]]:
+    """Multi-scale training at ``sizes[level]``: the exhaustively annotated images (of ``settings.multiscale_sources``)
+    holding an object that multi-scale testing reads at that level, their trunk maps cached there, each an item whose
+    proposals (ground truth included) are those the test-time rule sends to that level.  Returns the level's cache
+    and items (``level`` = ``index``: the cache's place in the trainer's list)."""
+    size = sizes[level]
+    lm = level_model(model, size)
+    cache = trunk_cache(Path(cache_root) / "trunk_maps", dataset, trunk_settings(lm, backbone_weights=backbone_weights))
+    wanted = settings.multiscale_sources
+    chosen = []
+    for i in positions:
+        r = dataset.records[i]
+        if not r.exhaustive or (wanted is not None and (r.source or dataset.name) not in wanted) or not len(r.boxes):
+            continue
+        if (level_boxes(model, r.boxes, width=r.width, height=r.height, sizes=sizes) == level).any():
+            chosen.append(i)
+    skipped = cache_trunk_maps(dataset, lm, cache, positions=chosen, rank=rank, world_size=world_size,
+                               progress=progress)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    items, without = [], 0
+    for i in chosen:
+        r = dataset.records[i]
+        e = cache.load(r, file_sha1(r.path))
+        if e is None:
+            continue  # undecodable: reported with the image's own level
+        boxes, labels, max_iou = label_proposals(proposals[i], r.boxes, r.labels, fg_iou=settings.fg_iou)
+        keep = level_boxes(model, boxes, width=r.width, height=r.height, sizes=sizes) == level
+        boxes, labels, max_iou = boxes[keep], labels[keep], max_iou[keep]
+        if not (labels > 0).any():
+            without += 1  # its small object has no proposal at this level's share: nothing to learn it from
+            continue
+        items.append({"image_id": r.image_id, "slot": cache.slot(r), "level": index, "exhaustive": True,
+                      "boxes": boxes, "labels": labels, "max_iou": max_iou,
+                      "rois": model.rois(boxes, scale=e["scale"]).cpu(),
+                      "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
+    log(f"multi-scale training: {len(items)} images also train at shorter side {size} on the proposals multi-scale "
+        f"testing reads there ({len(chosen)} hold an object read there"
+        + (f", of sources {', '.join(wanted)}" if wanted is not None else "")
+        + (f"; {without} without a positive there" if without else "")
+        + (f"; {len(skipped)} could not be read" if skipped else "") + ")")
+    return cache, items
+
+
 def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[dict], *, rois_per_image: int,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
@@ -318,6 +403,17 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
                       "max_iou": max_iou,
                       "rois": model.rois(boxes, scale=e["scale"]).cpu(),
                       "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
+    caches = [cache]
+    sizes = pyramid_sizes(model, settings.image_sizes)
+    for k, v in enumerate(sizes):
+        if v == cfg.image_size:
+            continue
+        found = _level_items(model, dataset, proposals, positions, sizes=sizes, level=k, settings=settings,
+                             cache_root=cache_root, backbone_weights=backbone_weights, rank=rank,
+                             world_size=world_size, progress=progress, log=log, index=len(caches))
+        caches.append(found[0])
+        items += found[1]
+    t_cache = time.perf_counter() - t0
     for s in skipped[:5]:
         log(f"fine-tuning: skipped {s}")
     if len(skipped) > 5:
@@ -327,8 +423,10 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         raise RuntimeError(f"{dataset.name}: no training image with positives")
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
     partial = sum(not it["exhaustive"] for it in items)
-    log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items)} images of "
-        f"{dataset.name} ({len(skipped)} images skipped, {no_pos} without objects left out"
+    n_level = sum(it.get("level", 0) > 0 for it in items)
+    log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items) - n_level} images of "
+        f"{dataset.name}" + (f" + {n_level} at other scales" if n_level else "")
+        + f" ({len(skipped)} images skipped, {no_pos} without objects left out"
         + (f"; {partial} not exhaustively annotated give positives only" if partial else "")
         + f"); trunk maps cached in {t_cache:.0f} s")
     n_img = settings.images_per_batch
@@ -368,7 +466,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         ddp = DistributedDataParallel(net)
     run = MemberRun(net, settings=settings, steps_per_epoch=steps, ckpt=Path(out_dir) / "finetune.ckpt",
                     record={"member": "all", "name": "fine-tuning", "trainable_stages": cfg.trainable_stages, "stages": net.names,
-                            "images": len(items), "skipped": len(skipped)}, log=log, param_groups=groups,
+                            "images": len(items) - n_level, "skipped": len(skipped),
+                            **({"multiscale_images": n_level} if n_level else {})}, log=log, param_groups=groups,
                     identity=identity)
     M = cfg.members
     n_fg = round(per_image * settings.fg_fraction)
@@ -391,7 +490,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             loss = torch.zeros(())
             logits_all, targets_all = [], []
             for j in range(rank, n_img, world_size):
-                it, e = items[batch[j]], cache.load_slot(items[batch[j]]["slot"])
+                it = items[batch[j]]
+                e = caches[it.get("level", 0)].load_slot(it["slot"])
                 fmap = (e["map_flip"] if flips[j] else e["map"]).detach().float()[None]
                 rois = it["rois_flip"] if flips[j] else it["rois"]
                 pool, picks = draws[j]

@@ -8,6 +8,7 @@ the rest background; ground-truth boxes join as positives.  Members of an ensemb
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -37,6 +38,13 @@ class MemberSettings:
     # class present (a mouse beside a person is not drowned by the person's many overlapping proposals)
     repeat_thresh: float = 0.0
     balance_positives: bool = False
+    # multi-scale training (Fast R-CNN's image pyramid, matched to multi-scale testing): shorter sides, the model's
+    # image_size among them, e.g. [600, 1200].  Every image trains at image_size as before; an exhaustively annotated
+    # image with an object that the test-time rule (RegionEnsemble.assign_scales) reads at another level also trains
+    # there, on the proposals that rule sends to that level.  None: image_size only.  multiscale_sources: the parts of
+    # a composite dataset that take part (None: all), since each level costs its own trunk-map cache
+    image_sizes: Optional[List[int]] = None
+    multiscale_sources: Optional[List[str]] = None
 
 
 def member_bg_iou_low(member: int) -> float:

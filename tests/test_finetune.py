@@ -313,6 +313,10 @@ def test_multiscale_training_adds_the_finer_level_of_images_with_small_objects(p
     for m in range(2):
         torch.testing.assert_close(train_path[m], infer[m], atol=2e-2, rtol=1e-2)
     assert (infer - one_level).abs().max() > 0.1  # the finer level really is another view
+    with pytest.raises(ValueError, match=r"multiscale_sources: coco not among two's parts \(two\)"):
+        train_finetuned(model, ds, props, settings=MemberSettings(epochs=1, image_sizes=sizes,
+                                                                  multiscale_sources=["coco"]),
+                        cache_root=tmp_path / "c", out_dir=tmp_path / "o2", progress=False, log=lambda *a: None)
     with pytest.raises(RuntimeError, match=r"image_sizes \[160, 320\] -> None"):
         train_finetuned(model, ds, props, settings=MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=1,
                                                                   trunk_lr_scale=1.0),

@@ -299,6 +299,12 @@ def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: li
     lm = level_model(model, size)
     cache = trunk_cache(Path(cache_root) / "trunk_maps", dataset, trunk_settings(lm, backbone_weights=backbone_weights))
     wanted = settings.multiscale_sources
+    if wanted is not None:
+        known = {r.source or dataset.name for r in dataset.records}
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise ValueError(f"train.multiscale_sources: {', '.join(unknown)} not among {dataset.name}'s parts "
+                             f"({', '.join(sorted(known))})")
     chosen = []
     for i in positions:
         r = dataset.records[i]

@@ -183,8 +183,8 @@ def validate(cfg: DictConfig, model, stage) -> dict:
     loaded = stage.load(val, skip_missing=True)  # boxes with their merge tags: the detector's MultiBox weighting too
     out = {"dataset": val.name}
     # a model trained on an image pyramid (train.image_sizes) is validated with multi-scale testing on the same levels
-    sizes = cfg.train.image_sizes
-    sizes = tuple(sizes) if sizes and len(set(sizes)) > 1 else None
+    sizes = list(cfg.train.image_sizes or [])
+    sizes = sizes if len(set(sizes)) > 1 else None
     if sizes:
         out["image_sizes"] = list(sizes)
     for key, members in (("mAP", None), ("mAP_member0", 1)):

@@ -160,11 +160,8 @@ def pyramid_sizes(model: RegionEnsemble, sizes) -> list[int]:
     in the given order (the order multi-scale testing breaks ties in).  ``None`` or empty: ``[image_size]``."""
     if not sizes:
         return [model.cfg.image_size]
+    model.check_image_sizes(sizes)  # the same rule as multi-scale testing: positive sizes, a roi-mode model
     out = list(dict.fromkeys(int(v) for v in sizes))
-    if any(v < 1 for v in out):
-        raise ValueError(f"train.image_sizes must be positive shorter sides, got {list(sizes)}")
-    if model.cfg.mode != "roi":
-        raise ValueError("train.image_sizes (multi-scale training) needs a roi-mode model")
     if model.cfg.image_size not in out:
         raise ValueError(f"train.image_sizes {out} must include model.image_size ({model.cfg.image_size}): every "
                          f"image trains at the size the one-scale detector reads it")
@@ -288,6 +285,16 @@ def epoch_order(items: list[dict], gen: torch.Generator, factors: list[float] | 
     return [i for _, _, i in sorted(keyed)]
 
 
+def _item(model: RegionEnsemble, r, slot, entry: dict, boxes: Tensor, labels: Tensor, max_iou: Tensor, *,
+          level: int = 0) -> dict:
+    """One training item: an image's labelled proposals at one level (``level``: its trunk-map cache's place in the
+    trainer's list, 0 the model's own size) and their RoIs on that level's map and its mirror."""
+    scale = entry["scale"]
+    return {"image_id": r.image_id, "slot": slot, "level": level, "exhaustive": r.exhaustive, "boxes": boxes,
+            "labels": labels, "max_iou": max_iou, "rois": model.rois(boxes, scale=scale).cpu(),
+            "rois_flip": model.rois(mirror_boxes(boxes, entry["width"]), scale=scale).cpu()}
+
+
 def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None],
                  positions: list[int], *, sizes: list[int], level: int, settings, cache_root, backbone_weights,
                  rank: int, world_size: int, progress: bool, log, index: int) -> tuple[DatasetCache, list[dict]]:
@@ -330,10 +337,7 @@ def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: li
         if not (labels > 0).any():
             without += 1  # its small object has no proposal at this level's share: nothing to learn it from
             continue
-        items.append({"image_id": r.image_id, "slot": cache.slot(r), "level": index, "exhaustive": True,
-                      "boxes": boxes, "labels": labels, "max_iou": max_iou,
-                      "rois": model.rois(boxes, scale=e["scale"]).cpu(),
-                      "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
+        items.append(_item(model, r, cache.slot(r), e, boxes, labels, max_iou, level=index))
     log(f"multi-scale training: {len(items)} images also train at shorter side {size} on the proposals multi-scale "
         f"testing reads there ({len(chosen)} hold an object read there"
         + (f", of sources {', '.join(wanted)}" if wanted is not None else "")
@@ -405,10 +409,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         if not (labels > 0).any():
             no_pos += 1
             continue  # an image without positives teaches background only: R-CNN's batches need its positives
-        items.append({"image_id": r.image_id, "slot": cache.slot(r), "exhaustive": r.exhaustive, "boxes": boxes, "labels": labels,
-                      "max_iou": max_iou,
-                      "rois": model.rois(boxes, scale=e["scale"]).cpu(),
-                      "rois_flip": model.rois(mirror_boxes(boxes, e["width"]), scale=e["scale"]).cpu()})
+        items.append(_item(model, r, cache.slot(r), e, boxes, labels, max_iou))
     caches = [cache]
     sizes = pyramid_sizes(model, settings.image_sizes)
     for k, v in enumerate(sizes):
@@ -429,7 +430,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         raise RuntimeError(f"{dataset.name}: no training image with positives")
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
     partial = sum(not it["exhaustive"] for it in items)
-    n_level = sum(it.get("level", 0) > 0 for it in items)
+    n_level = sum(it["level"] > 0 for it in items)
     log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items) - n_level} images of "
         f"{dataset.name}" + (f" + {n_level} at other scales" if n_level else "")
         + f" ({len(skipped)} images skipped, {no_pos} without objects left out"
@@ -497,7 +498,7 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             logits_all, targets_all = [], []
             for j in range(rank, n_img, world_size):
                 it = items[batch[j]]
-                e = caches[it.get("level", 0)].load_slot(it["slot"])
+                e = caches[it["level"]].load_slot(it["slot"])
                 fmap = (e["map_flip"] if flips[j] else e["map"]).detach().float()[None]
                 rois = it["rois_flip"] if flips[j] else it["rois"]
                 pool, picks = draws[j]

@@ -1,0 +1,87 @@
+"""The ImageNet prior: the fold of the 1 000 ImageNet classes into DET-200, the pyramid levels, real photos."""
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from detection.labels import det200, imagenet_map
+from detection.models.imagenet_prior import ImageNetPrior, build_imagenet_prior, imagenet_fold_matrix, resize_scale
+
+
+def test_fold_matrix_follows_the_shipped_wordnet_table():
+    fold = imagenet_fold_matrix()
+    assert fold.shape == (1000, 201)
+    assert torch.equal(fold.sum(1), torch.ones(1000))  # every synset in exactly one column
+    assert int(fold[:, 1:].sum()) == 483  # 483 synsets fall under a DET class ...
+    assert (fold[:, 1:].sum(0) >= 1).all()  # ... and every one of the 200 classes has at least one
+    space = det200()
+    assert fold[0, 0] == 1  # tench: no DET class
+    assert fold[1, space.index_of_name("goldfish")] == 1
+    assert int(fold[:, space.index_of_name("dog")].sum()) == 118
+    # the same map as the readers use (detection.labels.imagenet_map), row by row in sorted-wnid order
+    cmap = imagenet_map()
+    wnids = sorted(cmap.to_det)
+    for i in (0, 1, 151, 281, 999):
+        want = cmap.to_det[wnids[i]] or 0
+        assert fold[i, want] == 1
+
+
+def test_resize_scale():
+    assert resize_scale(451, 300, size=600, max_size=1000, max_upscale=None) == pytest.approx(2.0)
+    assert resize_scale(2000, 300, size=600, max_size=1000, max_upscale=None) == pytest.approx(0.5)  # long side
+    assert resize_scale(64, 64, size=600, max_size=1000, max_upscale=4) == 4.0
+    assert resize_scale(64, 64, size=600, max_size=1000, max_upscale=None) == pytest.approx(600 / 64)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.set_num_threads(2)
+    return build_imagenet_prior(levels=(600, 300))
+
+
+def test_levels_and_assignment(prior):
+    scales = prior.level_scales(451, 300)
+    assert scales == pytest.approx([2.0, 1.0])
+    # context window of a 192 px box is 224 px: at scale 1 it matches exactly -> level 1 (300 px); a 96 px box has a
+    # 112 px window, 224 at scale 2 -> level 0
+    boxes = torch.tensor([[0.0, 0.0, 192.0, 192.0], [10.0, 10.0, 106.0, 106.0]])
+    assert prior.assign_levels(boxes, scales).tolist() == [1, 0]
+    assert prior.level_scales(64, 64) == pytest.approx([600 / 64, 300 / 64])
+    capped = ImageNetPrior(backbone=prior.backbone, levels=(600, 300), max_upscale=4)  # a 64 px photo: one level
+    assert capped.level_scales(64, 64) == [4.0, 4.0]
+    assert capped.assign_levels(boxes, [4.0, 4.0]).tolist() == [0, 0]  # ties go to the first level
+
+
+def test_frozen_and_clear_errors(prior):
+    prior.train()
+    assert not prior.training and not any(p.requires_grad for p in prior.parameters())
+    with pytest.raises(ValueError, match="levels"):
+        ImageNetPrior(backbone=prior.backbone, levels=())
+
+
+def test_real_photo_cat_and_pyramid(prior):
+    img = skimage.data.chelsea()  # 451 x 300, a cat
+    boxes = torch.tensor([[60.0, 20.0, 420.0, 300.0],   # the cat: its window is read at 300 px
+                          [140.0, 90.0, 240.0, 180.0],  # the cat's face: read at 600 px
+                          [0.0, 0.0, 451.0, 300.0]])
+    probs = prior.predict(img, boxes)
+    assert probs.shape == (3, 201) and torch.allclose(probs.sum(1), torch.ones(3), atol=1e-4)
+    cat = det200().index_of_name("domestic cat")
+    assert int(probs[0, 1:].argmax()) + 1 == cat and probs[0, cat] > 0.3
+    assert int(probs[2, 1:].argmax()) + 1 == cat
+    # each row equals a one-level prior's row at the level the pyramid assigns it
+    level = prior.assign_levels(boxes, prior.level_scales(451, 300))
+    for k, size in enumerate(prior.levels):
+        one = ImageNetPrior(backbone=prior.backbone, levels=(size,))
+        sel = (level == k).nonzero().flatten()
+        assert sel.numel() > 0
+        assert torch.allclose(one.predict(img, boxes[sel]), probs[sel], atol=1e-5)
+    assert prior.predict(img, torch.zeros(0, 4)).shape == (0, 201)
+
+
+def test_rocket_is_no_det_class(prior):
+    """A space rocket is none of the 200 classes: most of the mass stays outside them (column 0)."""
+    img = skimage.data.rocket()
+    h, w = img.shape[:2]
+    probs = prior.predict(img, torch.tensor([[0.0, 0.0, float(w), float(h)]]))
+    assert probs[0, 0] > 0.5

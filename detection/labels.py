@@ -11,7 +11,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Mapping
 
-__all__ = ["LabelSpace", "det200", "ClassMap", "voc20_map", "coco80_map", "imagenet_map", "BACKGROUND"]
+__all__ = ["LabelSpace", "det200", "ClassMap", "voc20_map", "coco80_map", "imagenet_map", "class_map_file",
+           "BACKGROUND"]
 
 BACKGROUND = 0
 
@@ -164,6 +165,23 @@ def imagenet_map() -> ClassMap:
         wnid, _words, det, *_ = line.split("\t")
         to_det[wnid.strip().lower()] = None if det.strip() == "-" else space.index_of_wnid(det.strip())
     return ClassMap(source="imagenet (WordNet 3.0)", to_det=to_det, index_to_name={})
+
+
+def class_map_file(path) -> ClassMap:
+    """A class map from a ``.tsv`` file: ``source name <tab> DET-200 wnid`` per line (``-``: no DET class; more
+    columns, e.g. the DET name, are ignored; ``#`` starts a comment line).  An unknown wnid is an error naming the
+    file."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: class map file not readable ({e})") from None
+    try:
+        return _parse_map(text, source=str(path), has_index=False)
+    except (KeyError, IndexError) as e:
+        raise ValueError(f"{path}: not a class map (name <tab> DET-200 wnid per line): {e}") from None
 
 
 def identity_map() -> ClassMap:

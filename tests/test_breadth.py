@@ -46,6 +46,27 @@ def test_wordnet_map_follows_hypernyms_and_refuses_to_guess(tmp_path):
         read_data_noun(bad)
 
 
+def test_class_map_files(tmp_path):
+    from detection.data.scan import resolve_class_map
+
+    space = det200()
+    aq = resolve_class_map("aquarium7")  # shipped as detection/resources/aquarium7_to_det200.tsv
+    assert aq.lookup("stingray") == space.index_of_name("ray") and aq.lookup("puffin") == space.index_of_name("bird")
+    assert aq.lookup("fish") is None
+    assert resolve_class_map("fruitveg22").lookup("cabbage") == space.index_of_name("head cabbage")
+    own = tmp_path / "mine.tsv"
+    own.write_text(f"# name\twnid\nPuppy\t{DOG}\nrock\t-\n")
+    m = resolve_class_map(str(own))
+    assert m.lookup("puppy") == space.index_of_wnid(DOG) and m.lookup("rock") is None
+    with pytest.raises(KeyError):
+        m.lookup("kitten")
+    own.write_text("puppy\tn99999999\n")
+    with pytest.raises(ValueError, match="mine.tsv"):
+        resolve_class_map(str(own))
+    with pytest.raises(ValueError, match="aquarium7"):  # the message lists what there is
+        resolve_class_map("aquarium")
+
+
 def test_shipped_imagenet_map():
     m, space = imagenet_map(), det200()
     assert len(m.to_det) == 1000
@@ -120,6 +141,16 @@ def test_tiny_imagenet_reader(tiny):
     for seed in range(6):  # duplicates are found before the choice: one copy alone is never kept
         ids = {r.image_id for r in read_tiny_imagenet(tiny, per_class=1, seed=seed, progress=False).records}
         assert not ids & {"train/n02099601/n02099601_4", "train/n02123045/n02123045_1"}
+    # skip_per_class: the next photos of the same seeded order, never those per_class took (a dev split)
+    first = {r.image_id for r in read_tiny_imagenet(tiny, per_class=2, seed=1, progress=False).records}
+    after = {r.image_id for r in read_tiny_imagenet(tiny, per_class=2, seed=1, skip_per_class=2,
+                                                    progress=False).records}
+    both = {r.image_id for r in read_tiny_imagenet(tiny, per_class=4, seed=1, progress=False).records}
+    assert after and not first & after and first | after == both
+    rest = {r.image_id for r in read_tiny_imagenet(tiny, seed=1, skip_per_class=2, progress=False).records}
+    assert rest == {r.image_id for r in ds.records} - first
+    with pytest.raises(ValueError, match="skip_per_class"):
+        read_tiny_imagenet(tiny, skip_per_class=-1, progress=False)
     v = read_tiny_imagenet(tiny, split="val", progress=False)
     assert v.report.counts["placeholder_boxes"] == 6 and [r.image_id for r in v.records] == ["val/val_6"]
     with pytest.raises(FileNotFoundError, match="wnids.txt"):

@@ -19,15 +19,30 @@ _MAPS: dict[str, Callable[[], ClassMap]] = {"voc20": voc20_map, "coco80": coco80
                                             "imagenet": imagenet_map}
 
 
-def resolve_class_map(spec: str | ClassMap) -> ClassMap:
-    """``"voc20"``, ``"coco80"``, ``"det200"`` (names/wnids already in DET-200) or ``"imagenet"`` (ImageNet wnids by
-    the WordNet hierarchy) -> :class:`ClassMap`."""
+def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
+    """``"voc20"``, ``"coco80"``, ``"det200"`` (names/wnids already in DET-200), ``"imagenet"`` (ImageNet wnids by
+    the WordNet hierarchy), or a ``.tsv`` file of ``source name <tab> DET-200 wnid`` lines (``-``: no DET class,
+    the objects stay unlabelled; ``#`` comments) -> :class:`ClassMap`."""
     if isinstance(spec, ClassMap):
         return spec
-    try:
+    if str(spec).endswith(".tsv"):
+        from detection.labels import class_map_file
+
+        return class_map_file(spec)
+    if spec in _MAPS:
         return _MAPS[spec]()
-    except KeyError:
-        raise ValueError(f"unknown class map {spec!r}; choose one of {sorted(_MAPS)}") from None
+    from importlib import resources
+
+    from detection.labels import class_map_file
+
+    shipped = resources.files("detection.resources").joinpath(f"{spec}_to_det200.tsv")
+    if shipped.is_file():  # the maps of the smaller public sources (docs/breadth.md), shipped as <name>_to_det200.tsv
+        return class_map_file(shipped)
+    known = sorted(_MAPS) + sorted(f.name.removesuffix("_to_det200.tsv") for f in
+                                   resources.files("detection.resources").iterdir()
+                                   if f.name.endswith("_to_det200.tsv") and f.name.removesuffix("_to_det200.tsv")
+                                   not in ("voc20", "coco80", "imagenet"))
+    raise ValueError(f"unknown class map {spec!r}; choose one of {known} or a .tsv file")
 
 
 def image_size_or_skip(path: Path) -> tuple[int, int]:

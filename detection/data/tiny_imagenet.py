@@ -44,12 +44,15 @@ def _box(vals: list[str], where: str) -> list[float]:
 
 
 def read_tiny_imagenet(root: str | Path, *, split: str = "train", class_map: str | ClassMap = "imagenet",
-                       per_class: int | None = None, seed: int = 0, exhaustive: bool = False,
+                       per_class: int | None = None, seed: int = 0, skip_per_class: int = 0,
+                       exhaustive: bool = False,
                        name: str | None = None, progress: bool = True) -> DetectionDataset:
     """Tiny ImageNet's ``train`` or ``val`` split in DET-200 labels.
 
     ``per_class``: at most this many images per wnid (a seeded random choice, fixed per wnid whatever the other
-    wnids); ``None``: all.  Raises ``FileNotFoundError`` naming the path when ``root`` is not a Tiny ImageNet folder.
+    wnids); ``None``: all.  ``skip_per_class``: pass over the first this many of each wnid's seeded order first, so
+    that ``per_class=5, skip_per_class=25`` draws photos disjoint from ``per_class=25`` (a dev split carved from
+    the photos a model trained on ``per_class=25`` never saw).  Raises ``FileNotFoundError`` naming the path when ``root`` is not a Tiny ImageNet folder.
     """
     root = Path(root)
     if split not in ("train", "val"):
@@ -130,16 +133,19 @@ def read_tiny_imagenet(root: str | Path, *, split: str = "train", class_map: str
                     report.add("duplicate_image", chosen[i][0], f"the same photo as {chosen[idx[0]][0].name}")
                 drop.update(idx[1:])
     chosen = [c for i, c in enumerate(chosen) if i not in drop]
-    if per_class is not None:  # a fixed, seeded choice per wnid, whatever the other wnids
+    if skip_per_class < 0:
+        raise ValueError(f"skip_per_class must be >= 0, got {skip_per_class}")
+    if per_class is not None or skip_per_class:  # a fixed, seeded choice per wnid, whatever the other wnids
         by_wnid: dict[str, list] = defaultdict(list)
         for c in chosen:
             by_wnid[c[1]].append(c)
         chosen = []
         for w, items in by_wnid.items():
-            if len(items) > per_class:
+            if skip_per_class or len(items) > (per_class or 0):
                 items = sorted(items, key=lambda e: e[0].name)
                 random.Random(f"{seed}:{w}").shuffle(items)
-                items = sorted(items[:per_class], key=lambda e: e[0].name)
+                end = None if per_class is None else skip_per_class + per_class
+                items = sorted(items[skip_per_class:end], key=lambda e: e[0].name)
             chosen += items
 
     def parse(item, rep: ScanReport) -> ImageRecord:

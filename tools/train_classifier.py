@@ -116,6 +116,7 @@ def main(cfg: DictConfig) -> None:
         record.update(warm_info)
         model.eval()
     record.update({"dataset": dataset.name, "images": len(dataset), "proposal_seconds": t_prop,
+                   "class_boxes": lineage_class_boxes(dataset, warm),
                    "proposals": OmegaConf.to_container(cfg.proposals), "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv), "world_size": world})
     if rank == 0 and cfg.val_dataset is not None:
@@ -139,6 +140,16 @@ def main(cfg: DictConfig) -> None:
     from detection.distributed import finish
 
     finish(world)
+
+
+def lineage_class_boxes(dataset, warm) -> dict:
+    """The training boxes per class (``{wnid: [exhaustive, positives only]}``) of the data the model has seen: this
+    run's dataset's and, for a model continued from another (``init_heads`` / ``init_model``), the larger of the two
+    counts per class.  The ImageNet prior's per-class trust is computed from them."""
+    out = {w: list(v) for w, v in ((warm.class_boxes if warm is not None else None) or {}).items()}
+    for w, counts in dataset.class_boxes().items():
+        out[w] = [max(a, b) for a, b in zip(out.get(w, [0, 0]), counts)]
+    return dict(sorted(out.items()))
 
 
 def warm_start(cfg: DictConfig, rcfg) -> tuple:

@@ -238,6 +238,18 @@ class DetectionDataset(torch.utils.data.Dataset):
             c.update(r.labels.tolist())
         return c
 
+    def class_boxes(self) -> dict[str, list[int]]:
+        """``{wnid: [boxes in exhaustively annotated photos, boxes in positives-only photos]}`` of the classes with
+        boxes: what a model trained on this dataset has seen of each class (``RegionEnsemble.class_boxes``)."""
+        from detection.labels import det200
+
+        space = det200()
+        out: dict[str, list[int]] = {}
+        for r in self.records:
+            for lbl in r.labels.tolist():
+                out.setdefault(space.wnid(lbl), [0, 0])[0 if r.exhaustive else 1] += 1
+        return dict(sorted(out.items()))
+
     def summary(self) -> str:
         partial = sum(not r.exhaustive for r in self.records)
         head = (f"{self.name}: {len(self)} images, {self.num_boxes} boxes in {len(self.class_counts())} DET classes"

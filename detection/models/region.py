@@ -239,6 +239,9 @@ class RegionEnsemble(nn.Module):
         head = RoIHead if cfg.mode == "roi" else PooledHead
         self.heads = nn.ModuleList(head(in_channels=c, cfg=cfg) for _ in range(cfg.members))
         self.record: dict = {}
+        # {wnid: [boxes in exhaustively annotated photos, boxes in positives-only photos]} of the training data
+        # (what the ImageNet prior's per-class trust is computed from); None: unknown
+        self.class_boxes: dict | None = None
         self.last_seconds: dict = {}  # where the last member_logits call spent its time
         self.fused = False  # set by fuse_for_inference (then it cannot train or be saved)
 
@@ -494,4 +497,10 @@ def load_ensemble(path=None, *, backbone_weights: str | None = "imagenet", devic
         load_stages_state_dict(model.backbones[0], blob["trunk_stages"])
     model.heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["heads"].items()})
     model.record = blob.get("record", {})
+    model.class_boxes = model.record.get("class_boxes")
+    sidecar = path.with_name(path.stem + ".class_boxes.json")
+    if model.class_boxes is None and sidecar.is_file():  # a model trained before its record held them
+        import json
+
+        model.class_boxes = json.loads(sidecar.read_text())["class_boxes"]
     return model.to(device).eval()

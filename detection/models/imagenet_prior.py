@@ -30,7 +30,12 @@ from torchvision.ops import roi_align
 from detection.crops import context_boxes
 from detection.models.backbones import Backbone, build_backbone, fold_batchnorm
 
-__all__ = ["ImageNetPrior", "imagenet_fold_matrix", "build_imagenet_prior", "resize_scale"]
+__all__ = ["ImageNetPrior", "imagenet_fold_matrix", "build_imagenet_prior", "resize_scale", "class_trust",
+           "POSITIVES_ONLY_WEIGHT"]
+
+# a box from a photo labelled one class at a time (Tiny ImageNet's 64 px photos) counts as this many boxes of an
+# exhaustively annotated photo towards a class's trust (class_trust)
+POSITIVES_ONLY_WEIGHT = 0.0
 
 
 @lru_cache(maxsize=None)
@@ -61,6 +66,26 @@ def imagenet_fold_matrix() -> Tensor:
     fold = torch.zeros(1000, 201)
     fold[torch.arange(1000), rows] = 1.0
     return fold
+
+
+def class_trust(class_boxes, *, prior_boxes: float) -> Tensor:
+    """Per-class trust in the region classifiers, ``Tensor[201]`` (column 0, background: 1).
+
+    ``class_boxes``: ``{wnid: [boxes in exhaustively annotated photos, boxes in positives-only photos]}`` of the
+    classifier's training data (``RegionEnsemble.class_boxes``).  A class with ``n`` boxes (the positives-only ones
+    weighted by :data:`POSITIVES_ONLY_WEIGHT`) gets ``n / (n + prior_boxes)``: 0 for a class never trained,
+    approaching 1 with many boxes; ``prior_boxes=0`` trusts every class with a box fully.
+    """
+    from detection.labels import det200
+
+    space = det200()
+    n = torch.zeros(201)
+    for wnid, counts in class_boxes.items():
+        exhaustive, positives_only = (list(counts) + [0, 0])[:2]
+        n[space.index_of_wnid(wnid)] = float(exhaustive) + POSITIVES_ONLY_WEIGHT * float(positives_only)
+    trust = n / (n + prior_boxes) if prior_boxes > 0 else (n > 0).float()
+    trust[0] = 1.0
+    return trust
 
 
 def resize_scale(width: int, height: int, *, size: float, max_size: float, max_upscale: float | None) -> float:
@@ -131,7 +156,8 @@ class ImageNetPrior(nn.Module):
         level = self.assign_levels(boxes, scales)
         spec = self.backbone.spec
         pooled = boxes.new_zeros((boxes.shape[0], spec.feature_channels))
-        x0 = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).to(self.device).float() / 255.0
+        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
+        x0 = torch.from_numpy(arr).permute(2, 0, 1).to(self.device).float() / 255.0
         for k, s in enumerate(scales):
             sel = (level == k).nonzero().flatten()
             if sel.numel() == 0:
@@ -147,6 +173,20 @@ class ImageNetPrior(nn.Module):
         out = self.classifier(pooled)
         self.last_seconds = {"imagenet_prior": time.perf_counter() - t0}
         return out
+
+    @torch.inference_mode()
+    def whole_photo(self, image_rgb: np.ndarray, *, size: int = 224) -> Tensor:
+        """The ImageNet classifier on the whole photo (shorter side resized to ``size``, nothing cropped), folded:
+        ``Tensor[201]`` as :meth:`predict` gives for a box -- the baseline a detector must beat on photos of one
+        object."""
+        h, w = image_rgb.shape[:2]
+        s = size / min(h, w)
+        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
+        x = torch.from_numpy(arr).permute(2, 0, 1).to(self.device).float() / 255.0
+        x = F.interpolate(x[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                          align_corners=False, antialias=s < 1)
+        logits = self.classifier(self.backbone(self.backbone.normalize(x)).mean((2, 3)))
+        return (logits.float().softmax(-1) @ self.fold).cpu()[0]
 
     def predict(self, image_rgb: np.ndarray, boxes: Tensor) -> Tensor:
         """DET-200 probabilities of every box from the ImageNet classifier: ``Tensor[N, 201]``, CPU float; column

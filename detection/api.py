@@ -120,8 +120,9 @@ class ObjectDetector(Detector):
     """A :class:`~detection.detector.Detector` whose :meth:`detect` takes any image and names its classes."""
 
     def __init__(self, *, classifier, proposals=None, settings: DetectorSettings | None = None,
-                 proposal_preset: str = "", device: str = "cpu"):
-        super().__init__(classifier=classifier, proposals=proposals, settings=settings)
+                 proposal_preset: str = "", device: str = "cpu", backbone_weights="imagenet"):
+        super().__init__(classifier=classifier, proposals=proposals, settings=settings,
+                         backbone_weights=backbone_weights)
         self.proposal_preset = proposal_preset
         self.device = device
         from detection.labels import det200
@@ -177,6 +178,8 @@ class ObjectDetector(Detector):
         return (f"ObjectDetector({s.members or c.members} of {c.members} x {c.backbone} ({c.mode}), "
                 f"proposals={self.proposal_preset!r}, nms_iou={s.nms_iou}, score_threshold={s.score_threshold}, "
                 f"flip={s.flip}, multibox_weight={s.multibox_weight:g}, "
+                + (f"imagenet_prior=True (prior_boxes={s.prior_boxes:g}, prior_area_power={s.prior_area_power:g}), " if s.imagenet_prior
+                   else "imagenet_prior=False, ")
                 + (f"image_sizes={list(s.image_sizes)}, " if s.image_sizes else "") +
                 f"device={self.device!r})")
 
@@ -185,6 +188,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
                   members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
                   max_per_class: int = 100, flip: bool = True, multibox_weight: float = 0.5,
                   image_sizes: tuple[int, ...] | list[int] | None = None,
+                  imagenet_prior: bool | None = None, prior_boxes: float | None = None,
+                  prior_area_power: float | None = None,
                   cache_dir: str | Path | None = None,
                   backbone_weights: str | None = "imagenet") -> ObjectDetector:
     """The detector, ready to run.
@@ -205,9 +210,16 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
             image pyramid (shorter sides) where its area is closest to 224²; ``None`` (the default): the model's
             own scale.  Helps small objects at 3.4-4x the classifier's time (docs/breadth.md, "Small objects and
             multi-scale testing").
+        imagenet_prior: fuse the region classifiers' scores with the trunk's own ImageNet classifier, folded into
+            the 200 classes, so that classes without training boxes are detected too (``None``: the
+            :class:`~detection.detector.DetectorSettings` default, on); ``False``: the region classifiers alone.
+        prior_boxes: a class with n training boxes trusts the region classifiers n / (n + prior_boxes), the
+            ImageNet classifier for the rest (``None``: the settings default).
+        prior_area_power: the ImageNet evidence of a box is scaled by (its share of the image's area) to this
+            power, which favours whole objects over their parts (``None``: the settings default; 0: off).
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
-        backbone_weights: for a model file without its trunk weights (the paper configuration): ``"imagenet"``,
-            a local ``.pth`` file, or ``None``.
+        backbone_weights: for a model file without its trunk weights (the paper configuration) and for the ImageNet
+            prior: ``"imagenet"``, a local ``.pth`` file, or ``None`` (random, which the prior refuses).
     Raises:
         FileNotFoundError (a model file that does not exist), ValueError (a bad preset or setting).
     """
@@ -225,10 +237,13 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
     if cache_dir is None:
         cache_dir = Path(__file__).resolve().parents[1] / ".cache"
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
+    optional = {k: v for k, v in {"imagenet_prior": imagenet_prior, "prior_boxes": prior_boxes,
+                                 "prior_area_power": prior_area_power}.items()
+                if v is not None}  # None: the settings dataclass's default
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
                                     members=members, flip=flip, multibox_weight=multibox_weight,
-                                    image_sizes=image_sizes)
+                                    image_sizes=image_sizes, **optional)
     name = proposals if isinstance(proposals, (str, Path)) else "custom"
     return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),
-                          device=str(dev))
+                          device=str(dev), backbone_weights=backbone_weights)
 

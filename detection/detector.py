@@ -15,7 +15,8 @@ from torchvision.ops import batched_nms
 
 from detection.models.region import RegionEnsemble
 
-__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "Detector", "detect_dataset"]
+__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
+           "Detector", "detect_dataset"]
 
 
 @dataclass
@@ -39,10 +40,25 @@ class DetectorSettings:
     # but costs 3.4-4x the classifier's time and the mAP of 1-3-object classes (COCO 37.68 -> 34.91 %; docs/breadth.md,
     # "Small objects and multi-scale testing")
     image_sizes: tuple[int, ...] | None = None
+    # class evidence for every proposal from the trunk's own ImageNet classifier, folded into the 200 classes
+    # (detection.models.imagenet_prior) and fused with the region classifiers' scores by a per-class trust: a class
+    # the classifiers have few training boxes of is named by the ImageNet classifier, placed by their objectness
+    # (fuse_imagenet).  False: the region classifiers alone
+    imagenet_prior: bool = True
+    # a class with n training boxes trusts the region classifiers n / (n + prior_boxes) (LSDA's idea: the
+    # detector where it has learned, the classifier where it has not)
+    prior_boxes: float = 20.0
+    # the ImageNet evidence of a box is scaled by (box area / image area) ** prior_area_power: a part of an object
+    # (a dog's head) looks as much like its class to an ImageNet classifier as the whole object; 0 turns it off
+    prior_area_power: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.multibox_weight <= 1.0:
             raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
+        if self.prior_boxes < 0:
+            raise ValueError(f"prior_boxes must be >= 0, got {self.prior_boxes}")
+        if self.prior_area_power < 0:
+            raise ValueError(f"prior_area_power must be >= 0, got {self.prior_area_power}")
         if self.image_sizes is not None:
             self.image_sizes = tuple(int(v) for v in self.image_sizes)
             if not self.image_sizes or min(self.image_sizes) < 1:
@@ -59,6 +75,48 @@ def weight_sources(probs: Tensor, source: Tensor | None, multibox_weight: float)
         raise ValueError(f"{probs.shape[0]} rows of scores but {source.shape[0]} source tags")
     out = probs.clone()
     out[source == 1, 1:] *= multibox_weight
+    return out
+
+
+def box_area_share(boxes: Tensor, height: int, width: int) -> Tensor:
+    """``Tensor[N]``: each xyxy box's area as a fraction of a ``height`` x ``width`` image's (on the CPU)."""
+    b = boxes.float().cpu()
+    return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0) / float(height * width)
+
+
+def fuse_imagenet(probs: Tensor, prior: Tensor, trust: Tensor, *, box_area: Tensor | None = None,
+                  area_power: float = 0.0) -> Tensor:
+    """The region classifiers' softmax fused with the ImageNet prior, per class by trust.
+
+    Args:
+        probs: ``Tensor[N, C + 1]`` the region classifiers' softmax, column 0 background.
+        prior: ``Tensor[N, C + 1]`` the ImageNet classifier's probabilities folded into the classes
+            (:meth:`~detection.models.imagenet_prior.ImageNetPrior.predict`; its column 0 is not used).
+        trust: ``Tensor[C + 1]`` in [0, 1] per class (:func:`~detection.models.imagenet_prior.class_trust`).
+        box_area: ``Tensor[N]`` each box's area as a fraction of the image's (needed when ``area_power > 0``).
+        area_power: ``gamma``; the prior's evidence is scaled by ``box_area ** gamma`` (0: not at all).
+    Returns:
+        ``Tensor[N, C + 1]``: column 0 unchanged; class ``c`` scores ``1 - (1 - probs_c) * (1 - (1 - t_c) * e_c)``
+        with the ImageNet evidence ``e_c = (1 - probs_0) * prior_c * box_area ** gamma``: either source may name
+        the object (a noisy-OR).  The ImageNet classifier names it, the region classifiers' objectness
+        ``1 - probs_0`` places it, and ``box_area ** gamma`` favours the whole object over its parts (a crop of a
+        dog's head is as dog-like to an ImageNet classifier as the dog).  A class the classifiers trust fully
+        (``t_c = 1``) keeps their score; one they were never shown (``t_c = 0``) is found by the prior alone.
+    """
+    if probs.shape != prior.shape or trust.shape[-1] != probs.shape[1]:
+        raise ValueError(f"probs {tuple(probs.shape)}, prior {tuple(prior.shape)} and trust {tuple(trust.shape)} "
+                         f"do not fit")
+    if area_power < 0:
+        raise ValueError(f"area_power must be >= 0, got {area_power}")
+    evidence = (1.0 - probs[:, :1]).clamp(min=0.0) * prior[:, 1:].to(probs)
+    if area_power > 0:
+        if box_area is None or box_area.shape != (probs.shape[0],):
+            raise ValueError(f"area_power > 0 needs box_area of shape ({probs.shape[0]},), got "
+                             f"{None if box_area is None else tuple(box_area.shape)}")
+        evidence = evidence * box_area.to(probs).clamp(1e-4, 1.0)[:, None] ** area_power
+    t = trust[1:].to(probs)
+    out = probs.clone()
+    out[:, 1:] = 1.0 - (1.0 - probs[:, 1:]) * (1.0 - (1.0 - t) * evidence)
     return out
 
 
@@ -107,13 +165,38 @@ def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_c
 
 
 class Detector:
-    """Proposals (a ``ProposalStage`` or given boxes) -> ensemble -> :func:`postprocess`."""
+    """Proposals (a ``ProposalStage`` or given boxes) -> ensemble (fused with the ImageNet prior) ->
+    :func:`postprocess`.
 
-    def __init__(self, *, classifier: RegionEnsemble, proposals=None, settings: DetectorSettings | None = None):
+    ``prior``: the :class:`~detection.models.imagenet_prior.ImageNetPrior` to use when ``settings.imagenet_prior``
+    (default: built from the classifier's backbone with its ImageNet weights, ``backbone_weights``).  The per-class
+    trust comes from the classifier's training box counts (``classifier.class_boxes``); a model without them cannot
+    use the prior (a ``ValueError`` says so).
+    """
+
+    def __init__(self, *, classifier: RegionEnsemble, proposals=None, settings: DetectorSettings | None = None,
+                 prior=None, backbone_weights="imagenet"):
         self.classifier = classifier.eval()
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
         classifier.check_image_sizes(self.settings.image_sizes)  # a warp-mode model: said now, not at the first image
+        self.prior, self.trust = None, None
+        if self.settings.imagenet_prior:
+            from detection.models.imagenet_prior import build_imagenet_prior, class_trust
+
+            if classifier.class_boxes is None:
+                raise ValueError("imagenet_prior needs the classifier's training box counts per class "
+                                 "(record['class_boxes'], written by tools/train_classifier.py, or a "
+                                 "<model>.class_boxes.json beside the file); this model has none: turn the ImageNet "
+                                 "prior off (imagenet_prior=False)")
+            if prior is None and backbone_weights is None:
+                raise ValueError("imagenet_prior needs the backbone's ImageNet weights (backbone_weights='imagenet' "
+                                 "or a local .pth file), not None")
+            self.trust = class_trust(classifier.class_boxes, prior_boxes=self.settings.prior_boxes)
+            c = classifier.cfg
+            self.prior = prior if prior is not None else build_imagenet_prior(
+                backbone=c.backbone, weights=backbone_weights, image_size=c.image_size,
+                max_image_size=c.max_image_size, max_upscale=c.max_upscale, device=classifier.device)
 
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:
@@ -130,6 +213,18 @@ class Detector:
         t1 = time.perf_counter()
         probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip,
                                         image_sizes=self.settings.image_sizes)
+        if self.prior is not None:
+            t = time.perf_counter()
+            prior = torch.zeros_like(probs)
+            # a fused score is at most probs_c + evidence_c <= 2 * objectness, so a box whose objectness is under
+            # half the score floor yields no detection either way: the prior is computed for the others only
+            need = (1.0 - probs[:, 0]) >= 0.5 * self.settings.score_threshold
+            if need.any():
+                prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)])
+            area = box_area_share(boxes, *image_rgb.shape[:2])
+            probs = fuse_imagenet(probs, prior, self.trust, box_area=area.to(probs.device),
+                                  area_power=self.settings.prior_area_power)
+            seconds["imagenet_prior"] = time.perf_counter() - t
         probs = weight_sources(probs, source, self.settings.multibox_weight)
         t2 = time.perf_counter()
         b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,

@@ -26,7 +26,8 @@ __all__ = ["run_key", "detect_sharded", "restrict_to_scored"]
 
 # the code whose changes change the detections (relative to the project root)
 _SOURCES = ["detection/detector.py", "detection/crops.py", "detection/boxes.py", "detection/models/region.py",
-            "detection/models/backbones.py", "detection/data/image_io.py", "detection/sharded.py",
+            "detection/models/backbones.py", "detection/models/imagenet_prior.py", "detection/data/image_io.py",
+            "detection/sharded.py",
             "proposals/merge.py", "proposals/pipeline.py"]
 SHARD_FORMAT = 2
 
@@ -48,7 +49,8 @@ def run_key(detector: Detector, dataset: DetectionDataset, shard_size: int) -> s
     meta = {"settings": asdict(detector.settings), "classifier": asdict(detector.classifier.cfg),
             "proposals": asdict(stage.settings) if stage is not None else None,
             "sources": {s.method: s.settings for s in stage.sources()} if stage is not None else None,
-            "shard_size": shard_size}
+            "shard_size": shard_size,
+            "class_boxes": detector.classifier.class_boxes if detector.prior is not None else None}
     import torchvision
 
     meta["versions"] = {"format": SHARD_FORMAT, "torch": torch.__version__, "torchvision": torchvision.__version__}

@@ -129,3 +129,33 @@ def test_proposal_settings_from_yaml_and_objects(tmp_path):
         load_proposal_settings(f)
     with pytest.raises(FileNotFoundError, match="other.yaml"):
         load_proposal_settings(tmp_path / "other.yaml")
+
+
+@pytest.mark.slow
+def test_imagenet_prior_names_a_class_without_training_boxes(small_detector):
+    """The astronaut's helmet (lower right, about (280, 345, 512, 512)): 'helmet' has no training box, so the region
+    classifiers alone cannot name it; fused with the ImageNet prior the default does, and the rocket (no DET class)
+    gains nothing."""
+    from detection.api import ObjectDetector
+    from detection.detector import DetectorSettings
+    from detection.labels import det200
+
+    assert small_detector.settings.imagenet_prior  # on by default
+    helmet = det200().index_of_name("helmet")
+    assert det200().wnid(helmet) not in small_detector.classifier.class_boxes
+    img = skimage.data.astronaut()
+    boxes, source = small_detector.proposals.propose(img)
+    alone = ObjectDetector(classifier=small_detector.classifier,
+                           settings=DetectorSettings(imagenet_prior=False, score_threshold=0.05))
+    off = alone.detect(img, boxes=boxes, source=source)
+    on = small_detector.detect(img, boxes=boxes, source=source)
+    assert helmet not in off.labels.tolist()
+    found = on.boxes[on.labels == helmet]
+    assert len(found) > 0 and "imagenet_prior" in on.seconds
+    from torchvision.ops import box_iou
+    assert box_iou(found, torch.tensor([[280.0, 345.0, 512.0, 512.0]])).max() >= 0.5
+    # what the region classifiers found stays (person first, same score)
+    assert on[0]["name"] == off[0]["name"] == "person" and on[0]["score"] == pytest.approx(off[0]["score"], abs=1e-3)
+    rocket = skimage.data.rocket()
+    r_on = small_detector.detect(rocket)
+    assert len(r_on.above(0.3)) == 0

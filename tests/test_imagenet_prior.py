@@ -85,3 +85,64 @@ def test_rocket_is_no_det_class(prior):
     h, w = img.shape[:2]
     probs = prior.predict(img, torch.tensor([[0.0, 0.0, float(w), float(h)]]))
     assert probs[0, 0] > 0.5
+
+
+# ------------------------------------------------------------------ trust and fusion
+
+def test_class_trust_from_box_counts():
+    from detection.models import imagenet_prior as ip
+
+    space = det200()
+    dog, cat, snake = (space.index_of_name(n) for n in ("dog", "domestic cat", "snake"))
+    boxes = {space.wnid(dog): [60, 0], space.wnid(cat): [20, 100], space.wnid(snake): [0, 25]}
+    t = ip.class_trust(boxes, prior_boxes=20.0)
+    assert t.shape == (201,) and t[0] == 1.0
+    w = ip.POSITIVES_ONLY_WEIGHT
+    assert t[dog] == pytest.approx(60 / 80) and t[cat] == pytest.approx((20 + 100 * w) / (40 + 100 * w))
+    assert t[space.index_of_name("guitar")] == 0.0  # never trained
+    assert t[snake] == pytest.approx(25 * w / (25 * w + 20))  # positives-only boxes count w each
+    hard = ip.class_trust(boxes, prior_boxes=0.0)  # 0: every class with a box is trusted fully
+    assert hard[dog] == 1.0 and hard[space.index_of_name("guitar")] == 0.0
+    with pytest.raises(KeyError):
+        ip.class_trust({"n99999999": [1, 0]}, prior_boxes=20.0)
+
+
+def test_fuse_imagenet_by_hand():
+    from detection.detector import fuse_imagenet
+
+    probs = torch.tensor([[0.2, 0.5, 0.2, 0.1],    # objectness 0.8
+                          [0.9, 0.05, 0.05, 0.0]])  # objectness 0.1
+    prior = torch.tensor([[0.3, 0.1, 0.1, 0.5],
+                          [0.0, 0.0, 0.0, 1.0]])
+    trust = torch.tensor([1.0, 1.0, 0.5, 0.0])
+    out = fuse_imagenet(probs, prior, trust)
+    assert torch.equal(out[:, 0], probs[:, 0]) and torch.allclose(out[:, 1], probs[:, 1])  # trusted: unchanged
+    # half trusted: noisy-OR of the classifiers' 0.2 and half the evidence 0.8 * 0.1
+    assert out[0, 2] == pytest.approx(1 - (1 - 0.2) * (1 - 0.5 * 0.8 * 0.1))
+    assert out[0, 3] == pytest.approx(1 - 0.9 * (1 - 0.8 * 0.5))
+    assert out[1, 3] == pytest.approx(0.1)  # never trained, prior certain: the box's objectness
+    assert (out[:, 1:] <= 2 * (1 - probs[:, :1]) + 1e-6).all()  # the bound detect() relies on
+    with pytest.raises(ValueError, match="fit"):
+        fuse_imagenet(probs, prior[:, :3], trust)
+
+
+def test_fuse_imagenet_area_power_prefers_the_whole_object():
+    from detection.detector import fuse_imagenet
+
+    # two boxes the classifiers find equally object-like, the prior equally sure of class 1: the whole object
+    # (half the image) against a part of it (1/32 of the image)
+    probs = torch.tensor([[0.4, 0.0, 0.6], [0.4, 0.0, 0.6]])
+    prior = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.9, 0.1]])
+    trust = torch.tensor([1.0, 0.0, 1.0])
+    area = torch.tensor([0.5, 1 / 32])
+    flat = fuse_imagenet(probs, prior, trust)
+    assert flat[0, 1] == flat[1, 1]
+    out = fuse_imagenet(probs, prior, trust, box_area=area, area_power=0.25)
+    assert out[0, 1] == pytest.approx(0.6 * 0.9 * 0.5 ** 0.25)
+    assert out[1, 1] == pytest.approx(0.6 * 0.9 * (1 / 32) ** 0.25)
+    assert out[0, 1] > out[1, 1]
+    assert torch.allclose(out[:, 2], probs[:, 2])  # a trusted class is not touched
+    with pytest.raises(ValueError, match="box_area"):
+        fuse_imagenet(probs, prior, trust, area_power=0.25)
+    with pytest.raises(ValueError, match="area_power"):
+        fuse_imagenet(probs, prior, trust, box_area=area, area_power=-1.0)

@@ -175,7 +175,7 @@ def test_flip_view_is_the_mirror_image_with_mirrored_boxes(lite0, mode):
     torch.testing.assert_close(p, views.softmax(-1).mean((0, 1)))
     torch.testing.assert_close(p, model.predict(mirror, mboxes, flip=True), atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(model.predict(img, boxes, members=1, flip=True), views[:, 0].softmax(-1).mean(0))
-    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=True))
+    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=True, imagenet_prior=False))
     res = det.detect(img, boxes=boxes)
     assert "classify.flip_view" in res.seconds and len(res.boxes) > 0
 
@@ -208,7 +208,7 @@ def test_image_pyramid_pools_each_box_from_the_level_nearest_crop_size(lite0):
     torch.testing.assert_close(views[1, :, 0], model.member_logits(img, boxes, flip=True)[1, :, 0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.predict(img, boxes, image_sizes=(160, 320)), both.softmax(-1).mean(0))
     # the detector passes its setting on: its detections are those of the pyramid's scores
-    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=False, image_sizes=[160, 320]))
+    det = Detector(classifier=model, settings=DetectorSettings(score_threshold=0.0, flip=False, image_sizes=[160, 320], imagenet_prior=False))
     assert det.settings.image_sizes == (160, 320)
     res = det.detect(img, boxes=boxes)
     want_b, want_s, want_l = postprocess(boxes, model.predict(img, boxes, image_sizes=(160, 320)), nms_iou=0.3,
@@ -339,7 +339,7 @@ def test_fused_ensemble_scores_as_before_and_refuses_training(lite0, tmp_path):
 
 
 def test_detector_on_given_boxes(lite0):
-    det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(score_threshold=0.0, max_per_class=2))
+    det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(score_threshold=0.0, max_per_class=2, imagenet_prior=False))
     res = det.detect(skimage.data.chelsea(), boxes=torch.tensor([[50.0, 10, 400, 300], [60, 12, 390, 290]]))
     # two near-identical boxes: NMS keeps one per class, so every class shows up once
     assert len(res.boxes) == 200 and sorted(res.labels.tolist()) == list(range(1, 201))
@@ -372,7 +372,7 @@ def test_detector_weights_the_boxes_it_is_told_are_multibox(lite0):
     res = {}
     for w in (1.0, 0.25):
         det = Detector(classifier=_ensemble(lite0), settings=DetectorSettings(
-            score_threshold=0.0, max_per_class=3, nms_iou=1.0, flip=False, multibox_weight=w))
+            score_threshold=0.0, max_per_class=3, nms_iou=1.0, flip=False, multibox_weight=w, imagenet_prior=False))
         res[w] = det.detect(img, boxes=boxes, source=torch.tensor([1, 0, 1]))
     def by_box(r):
         return {(tuple(b.tolist()), int(c)): float(s) for b, c, s in zip(r.boxes, r.labels, r.scores)}

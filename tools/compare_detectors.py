@@ -40,7 +40,8 @@ PROPOSAL_SETS = {"paper": ["proposals=paper"], "rcnn": ["proposals=rcnn"],
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.sharded import restrict_to_scored
-    from detection.detector import DetectorSettings, postprocess, weight_sources
+    from detection.detector import (DetectorSettings, box_area_share, fuse_imagenet, postprocess,
+                                    weight_sources)
     from detection.evaluation import Detections, evaluate, save_metrics, write_coco_results
     from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
     from detection.labels import det200
@@ -67,6 +68,16 @@ def main() -> None:
                     help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
                          "pooled from the level where its area is closest to 224^2 (variants named ...-ms600x1200); "
                          "default: the model's image_size alone")
+    ap.add_argument("--imagenet-prior", nargs="+", default=["on" if DetectorSettings.imagenet_prior else "off"],
+                    choices=["off", "on"],
+                    help="fuse with the trunk's own ImageNet classifier (variants named ...-prior<boxes>); 'off on': "
+                         "both from one pass (default: the detector's)")
+    ap.add_argument("--prior-boxes", type=float, nargs="+", default=[DetectorSettings.prior_boxes],
+                    help="with the prior on: a class with n training boxes trusts the region classifiers "
+                         "n / (n + this); with several, each is a variant of the same pass")
+    ap.add_argument("--prior-area-power", type=float, default=DetectorSettings.prior_area_power,
+                    help="with the prior on: its evidence is scaled by (box area / image area)^this "
+                         f"(default: the detector's, {DetectorSettings.prior_area_power:g})")
     ap.add_argument("--images", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--data-root", default=None)
@@ -103,11 +114,25 @@ def main() -> None:
     args.members = list(dict.fromkeys(args.members))
     args.nms = list(dict.fromkeys(round(t, 6) for t in args.nms))
     weights = list(dict.fromkeys(round(w, 6) for w in args.mb_weight))
+    # None: the prior off; a number: on, with that prior_boxes
+    priors = ([None] if "off" in args.imagenet_prior else []) + (
+        list(dict.fromkeys(round(b, 6) for b in args.prior_boxes)) if "on" in args.imagenet_prior else [])
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
-        per = {(p, m, f, t, w): [] for p in sets for m in args.members for f in flips for t in args.nms
-               for w in weights}
+        prior_net, trusts = None, {}
+        if any(b is not None for b in priors):
+            from detection.models.imagenet_prior import build_imagenet_prior, class_trust
+
+            if model.class_boxes is None:
+                sys.exit(f"error: {mpath}: no training box counts per class, so no ImageNet prior "
+                         f"(--imagenet-prior off)")
+            c = model.cfg
+            prior_net = build_imagenet_prior(backbone=c.backbone, image_size=c.image_size,
+                                             max_image_size=c.max_image_size, max_upscale=c.max_upscale)
+            trusts = {b: class_trust(model.class_boxes, prior_boxes=b) for b in priors if b is not None}
+        per = {(p, m, f, t, w, b): [] for p in sets for m in args.members for f in flips for t in args.nms
+               for w in weights for b in priors}
         t0, skipped, scored = time.perf_counter(), [], []
         with torch.inference_mode():
             for j, r in enumerate(progress_bar(ds.records, desc=f"{mname} on {ds.name}", unit="img")):
@@ -123,32 +148,41 @@ def main() -> None:
                 uniq, inv = torch.unique(allb, dim=0, return_inverse=True)
                 views = model.member_logits(img, uniq, flip="on" in flips, image_sizes=args.image_sizes).float()
                 probs_v = (views if "on" in flips else views[None])[:, :, inv].softmax(-1)  # [V, M, N, C]
+                prior_all = prior_net.predict(img, uniq)[inv] if prior_net is not None else None
                 s = 0
                 for p, b in zip(sets, boxes):
                     part = probs_v[:, :, s:s + len(b)]
                     s += len(b)
+                    prior_part = prior_all[s - len(b):s] if prior_all is not None else None
                     for m in args.members:
                         for f in flips:
                             probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
-                            for w in weights:
-                                pw = weight_sources(probs, sources[p][j], w)
-                                for t in args.nms:
-                                    per[(p, m, f, t, w)].append(postprocess(b, pw, nms_iou=t))
+                            for pb in priors:
+                                fused = probs if pb is None else fuse_imagenet(
+                                    probs, prior_part, trusts[pb], box_area=box_area_share(b, *img.shape[:2]),
+                                    area_power=args.prior_area_power)
+                                for w in weights:
+                                    pw = weight_sources(fused, sources[p][j], w)
+                                    for t in args.nms:
+                                        per[(p, m, f, t, w, pb)].append(postprocess(b, pw, nms_iou=t))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")
-        for (p, m, f, t, w), dets in per.items():
+        for (p, m, f, t, w, pb), dets in per.items():
             d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
             name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
                     + (f"-mbw{w:g}" if len(weights) > 1 else "")
-                    + ("-ms" + "x".join(map(str, args.image_sizes)) if args.image_sizes else ""))
+                    + ("-ms" + "x".join(map(str, args.image_sizes)) if args.image_sizes else "")
+                    + (f"-prior{pb:g}" if pb is not None else ""))
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
                          extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t, "mb_weight": w,
-                                "image_sizes": args.image_sizes, "errors": errors.to_dict(det200()),
+                                "image_sizes": args.image_sizes, "imagenet_prior": pb is not None,
+                                "prior_boxes": pb,
+                                "prior_area_power": args.prior_area_power if pb is not None else None, "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")

@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from detection.detector import DetectorSettings  # the defaults of the detector's settings
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("images", nargs="+", help="image files, folders (their images, sorted) or glob patterns")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folders too")
@@ -44,6 +46,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
                         "classified on the level where its area is closest to 224^2 (small objects gain; 3.4-4x the "
                         "classifier's time). Default: the model's own scale")
+    p.add_argument("--imagenet-prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="fuse the region classifiers with the trunk's own ImageNet classifier, so that classes without "
+                        "training boxes are found too (default: "
+                        f"{'on' if DetectorSettings.imagenet_prior else 'off'}; --no-imagenet-prior: the region "
+                        "classifiers alone)")
+    p.add_argument("--prior-boxes", type=float, default=None, metavar="N",
+                   help="a class with n training boxes trusts the region classifiers n / (n + N) and the ImageNet "
+                        f"classifier for the rest (default: {DetectorSettings.prior_boxes:g})")
+    p.add_argument("--prior-area-power", type=float, default=None, metavar="G",
+                   help="the ImageNet evidence of a box is scaled by (box area / image area)^G, favouring whole "
+                        f"objects over their parts (default: {DetectorSettings.prior_area_power:g}; 0: off)")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
@@ -159,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
         det = load_detector(args.model, proposals=args.proposals, device=str(rank_device(args.device)),
                             members=args.members, score_threshold=args.min_score, flip=args.flip,
-                            multibox_weight=args.multibox_weight, image_sizes=args.image_sizes)
+                            multibox_weight=args.multibox_weight, image_sizes=args.image_sizes,
+                            imagenet_prior=args.imagenet_prior, prior_boxes=args.prior_boxes,
+                            prior_area_power=args.prior_area_power)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         finish(world)

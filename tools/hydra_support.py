@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from detection.detector import DetectorSettings
 from detection.models.region import RegionConfig
 from detection.training.roi import MemberSettings
 from proposals.multibox.model import MultiBoxConfig
@@ -27,6 +28,7 @@ class Protocol(str, Enum):
     ilsvrc = "ilsvrc"
     voc = "voc"
     coco = "coco"
+    loc = "loc"  # top-k localisation, for photos labelled one class at a time (detection.evaluation.loc)
 
 
 @dataclass
@@ -53,6 +55,10 @@ class DetectorConfig:
     flip: bool = True  # average each proposal's softmax with its mirror image's (test-time flip)
     multibox_weight: float = 0.5  # MultiBox's boxes' class scores times this (1: unweighted)
     image_sizes: Optional[list[int]] = None  # multi-scale testing: an image pyramid's shorter sides (None: off)
+    # the ImageNet prior (detection.detector.DetectorSettings holds the defaults and says what they do)
+    imagenet_prior: bool = DetectorSettings.imagenet_prior
+    prior_boxes: float = DetectorSettings.prior_boxes
+    prior_area_power: float = DetectorSettings.prior_area_power
 
 
 @dataclass
@@ -148,8 +154,9 @@ def build_detector(cfg: DictConfig):
                          nms_iou=cfg.detector.nms_iou, max_per_class=cfg.detector.max_per_class,
                          score_threshold=cfg.detector.score_threshold, flip=cfg.detector.flip,
                          multibox_weight=cfg.detector.multibox_weight,
-                         image_sizes=cfg.detector.image_sizes,
-                         cache_dir=resolve_cache_dir(cfg))
+                         image_sizes=cfg.detector.image_sizes, imagenet_prior=cfg.detector.imagenet_prior,
+                         prior_boxes=cfg.detector.prior_boxes,
+                         prior_area_power=cfg.detector.prior_area_power, cache_dir=resolve_cache_dir(cfg))
 
 
 def distributed_context(device: str = "cpu") -> tuple[int, int]:

@@ -5,7 +5,7 @@ import torch
 
 from detection.data.records import DetectionDataset, ImageRecord
 from detection.evaluation import Detections, GroundTruth
-from detection.evaluation.loc import evaluate_loc
+from detection.evaluation.loc import format_loc, evaluate_loc
 
 
 def dataset(gt, blacklist=()):
@@ -42,6 +42,13 @@ def test_hand_made_photos():
     assert m.per_class[5] == {3: 0.0, 5: 1.0, 7: 1.0, 9: 1.0}
     assert m.per_class[1][7] == 0.0
     assert m.classes_localised() == 3 and m.classes_localised(1) == 2
+    text = format_loc(m, title="hand:", groups={"with boxes": [5, 7], "without": [3, 9], "absent": [11]})
+    lines = text.splitlines()
+    assert lines[1].startswith("all") and "top-5  75.00%" in lines[1] and "classes localised 3 of 4" in lines[1]
+    assert lines[2].startswith("with boxes") and "localised: top-1  50.00%  top-5 100.00%" in lines[2]
+    assert "classes localised 2 of 2" in lines[2]
+    assert lines[3].startswith("without") and "named: top-1 100.00%" in lines[3] and "localised 1 of 2" in lines[3]
+    assert not any(ln.startswith("absent") for ln in lines)  # a group without photos is not printed
 
 
 def test_only_the_k_best_count_and_ties_keep_file_order():

@@ -238,3 +238,29 @@ def test_ablate_finetune_dev_split_is_carved_from_voc07_train_photos_with_propos
     assert train == [1, 2, 5]           # position 4 has no proposals: in neither half
     dev, train = af.carve_dev(ds, props, every=2)
     assert dev == [0, 6] and train == [1, 2, 3, 5]  # 2 (coco) and 4 (no proposals) never in dev
+
+
+def test_eval_map_loc_protocol(shared_data, tmp_path):
+    """eval.protocol=loc: top-k localisation per (photo, class), written to metrics.json; no AP plots."""
+    r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={REF_DETS}", f"data_root={shared_data}",
+                 "eval.protocol=loc", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["protocol"] == "loc" and m["ks"] == [1, 5] and m["num_images"] == 100
+    assert 0 < m["top1_loc"] <= m["top5_loc"] < 1 and m["top5_loc"] <= m["top5_cls"]
+    assert m["classes"] == 19 and 0 < m["classes_localised_top5"] <= 19
+    assert f"top-5 {100 * m['top5_loc']:6.2f}%" in r.stdout
+    assert not (tmp_path / "pr_curves.png").exists()
+
+
+def test_whole_photo_baseline(shared_data, tmp_path):
+    """tools/whole_photo.py: the ImageNet classifier's top classes boxed by the whole photo, scored by loc."""
+    r = run_tool("tools/whole_photo.py", "--split", "val_small", "--images", "12", "--out", str(tmp_path),
+                 "--override", f"data_root={shared_data}")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["num_images"] == 12 and m["protocol"] == "loc" and m["top5_cls"] > 0.3
+    assert "classes with training boxes" in m and "classes with training boxes" in r.stdout  # VOC: all have boxes
+    dets = json.loads((tmp_path / "detections.json").read_text())
+    assert len(dets) == 12 * 5  # five classes a photo
+    assert all(d["bbox"][:2] == [0.0, 0.0] for d in dets)  # boxed by the whole photo

@@ -70,6 +70,9 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
         extra["detections"] = str(cfg.detections)
     out.mkdir(parents=True, exist_ok=True)
     protocol = cfg.eval.protocol.value if hasattr(cfg.eval.protocol, "value") else str(cfg.eval.protocol)
+    class_boxes = extra.pop("class_boxes", None)  # the model's training boxes per class (loc groups its figures)
+    if protocol == "loc":
+        return score_loc(dets, dataset, out, extra, class_boxes)
     metrics = evaluate(dets, dataset, protocol=protocol)
     print(format_table(metrics, title=f"{dataset.name}:"))
     written = [out / "metrics.json", out / "pr_curves.png"]
@@ -94,6 +97,29 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
     return metrics.map
 
 
+def score_loc(dets, dataset, out: Path, extra: dict, class_boxes: dict | None) -> float:
+    """``eval.protocol=loc``: top-k localisation of photos labelled one class at a time (Tiny ImageNet, ImageNet
+    LOC); the headline is split by whether the model had training boxes of the class.  Writes metrics.json; the AP
+    plots, error breakdown and report page belong to exhaustively annotated photos and are not made."""
+    import json
+
+    from detection.evaluation import GroundTruth
+    from detection.evaluation.io import atomic_write_text
+    from detection.evaluation.loc import evaluate_loc, format_loc, training_groups
+
+    m = evaluate_loc(dets, GroundTruth.from_dataset(dataset))
+    groups = training_groups(class_boxes)
+    print(format_loc(m, title=f"{dataset.name}:", groups=groups))
+    d = {**m.to_dict(), **extra}
+    for name, classes in (groups or {}).items():
+        sub = m.restrict(classes)
+        if sub.num_queries:
+            d[name] = {k: v for k, v in sub.to_dict().items() if k != "per_class"}
+    atomic_write_text(out / "metrics.json", json.dumps(d, indent=2))
+    print(f"wrote {out / 'metrics.json'} (protocol loc: no AP plots, error breakdown or report page)")
+    return m.localised[max(m.ks)]
+
+
 def report_info(cfg: DictConfig, extra: dict) -> dict:
     """The headline facts of report.html: what ran, on what, how long."""
     info = {"dataset": extra.get("dataset"), "protocol": str(getattr(cfg.eval.protocol, "value", cfg.eval.protocol))}
@@ -108,6 +134,9 @@ def report_info(cfg: DictConfig, extra: dict) -> dict:
                               f"({extra.get('proposals_per_image', 0):.0f} / image)",
                  "mirror view (test-time flip)": "on" if cfg.detector.flip else "off",
                  "MultiBox boxes: score weight": f"{cfg.detector.multibox_weight:g}",
+                 "ImageNet prior": (f"on (a class of n training boxes trusts the region classifiers n / (n + "
+                                    f"{cfg.detector.prior_boxes:g}); area power {cfg.detector.prior_area_power:g})"
+                                    if cfg.detector.imagenet_prior else "off"),
                  "image pyramid (shorter sides)": (", ".join(f"{v} px" for v in cfg.detector.image_sizes)
                                                    if cfg.detector.image_sizes else "off (the model's own scale)"),
                  "NMS IoU": cfg.detector.nms_iou, "ranks": extra.get("ranks"),
@@ -158,7 +187,7 @@ def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log
              "ensemble_members": cfg.ensemble.size or detector.classifier.cfg.members, "ranks": world,
              "seconds_per_image": (t2 - t1) / n, "proposal_seconds": t1 - t0,
              "classify_seconds_per_image": stats["seconds"].get("classify", 0.0) / n,
-             "shards": sh}
+             "shards": sh, "class_boxes": detector.classifier.class_boxes}
     resumed = "" if sh["resumed"] == 0 else ", all resumed" if sh["computed"] == 0 else ", part resumed"
     log(f"detector: {len(dets)} detections on {stats['images']} images, {stats['proposals_per_image']:.0f} "
         f"proposals/image, {t2 - t1:.1f} s wall on {world} rank{'s' if world > 1 else ''} "

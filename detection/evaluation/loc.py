@@ -20,7 +20,7 @@ import numpy as np
 
 from detection.evaluation.detections import Detections, GroundTruth
 
-__all__ = ["LocMetrics", "evaluate_loc", "LOC_IOU"]
+__all__ = ["LocMetrics", "evaluate_loc", "format_loc", "training_groups", "LOC_IOU"]
 
 LOC_IOU = 0.5
 
@@ -141,3 +141,47 @@ def evaluate_loc(dets: Detections, gt: GroundTruth, *, ks: tuple[int, ...] = (1,
             q_hits[k][q] = ok[:k].any()
             q_cls[k][q] = same[:k].any()
     return _summarise(ks, q_hits, q_cls, labels, gt.num_images)
+
+
+def training_groups(class_boxes: dict | None) -> dict[str, list[int]] | None:
+    """``{"classes with training boxes": [labels], "classes without training boxes": [labels]}`` from a model's
+    ``class_boxes`` (``{wnid: [exhaustive, positives only]}``); ``None`` for ``None``."""
+    if class_boxes is None:
+        return None
+    from detection.labels import det200
+
+    space = det200()
+    trained = {space.index_of_wnid(w) for w, counts in class_boxes.items() if sum(counts) > 0}
+    return {"classes with training boxes": sorted(trained),
+            "classes without training boxes": sorted(set(range(1, len(space) + 1)) - trained)}
+
+
+def format_loc(m: LocMetrics, *, title: str = "", groups: dict | None = None, max_classes: int = 40) -> str:
+    """The headline (top-k localisation and classification, classes localised), optional groups of classes
+    (``{"name": [labels]}``, e.g. with / without training boxes), and the per-class recall of up to
+    ``max_classes`` classes with the most photos."""
+    from detection.labels import det200
+
+    space = det200()
+    ks = m.ks
+
+    def line(name: str, x: LocMetrics) -> str:
+        loc = "  ".join(f"top-{k} {100 * x.localised[k]:6.2f}%" for k in ks)
+        cls = "  ".join(f"top-{k} {100 * x.classified[k]:6.2f}%" for k in ks)
+        return (f"{name:<28} {x.num_queries:>6} photos  localised: {loc}  named: {cls}  "
+                f"classes localised {x.classes_localised()} of {len(x.queries)}")
+
+    rows = [f"{title}  protocol: top-k localisation (ILSVRC CLS-LOC style, IoU >= {LOC_IOU})".strip(),
+            line("all", m)]
+    for name, classes in (groups or {}).items():
+        sub = m.restrict(classes)
+        if sub.num_queries:
+            rows.append(line(name, sub))
+    shown = sorted(m.queries, key=lambda c: (-m.queries[c], c))[:max_classes]
+    rows.append(f"{'class':<24} {'photos':>6} " + " ".join(f"{'top-' + str(k):>7}" for k in ks))
+    for c in shown:
+        rows.append(f"{space.name(c)[:24]:<24} {m.queries[c]:>6} "
+                    + " ".join(f"{100 * m.per_class[k][c]:>6.1f}%" for k in ks))
+    if len(m.queries) > len(shown):
+        rows.append(f"  ... {len(m.queries) - len(shown)} more classes in metrics.json")
+    return "\n".join(rows)

@@ -264,3 +264,30 @@ def test_whole_photo_baseline(shared_data, tmp_path):
     dets = json.loads((tmp_path / "detections.json").read_text())
     assert len(dets) == 12 * 5  # five classes a photo
     assert all(d["bbox"][:2] == [0.0, 0.0] for d in dets)  # boxed by the whole photo
+
+
+def test_imagenet_transfer_hidden_classes_and_variants():
+    """tools/imagenet_transfer.py: a fixed, stratified half of the trained classes hidden; each variant's scores."""
+    import torch
+
+    import imagenet_transfer as it
+    from detection.labels import det200
+
+    space = det200()
+    boxes = {space.wnid(k): ([10, 0] if k <= 10 else [0, 5]) for k in range(1, 21)}  # 10 exhaustive, 10 Tiny-only
+    h = it.hidden_classes(boxes, seed=0)
+    assert h == it.hidden_classes(boxes, seed=0) != it.hidden_classes(boxes, seed=1)
+    assert len([k for k in h if k <= 10]) == 5 and len([k for k in h if k > 10]) == 5
+    P = torch.zeros(1, 201)
+    P[0, 0], P[0, 1], P[0, 2] = 0.4, 0.5, 0.1    # objectness 0.6: class 1 (hidden) 0.5, class 2 (visible) 0.1
+    F = torch.zeros(1, 201)
+    F[0, 1], F[0, 3] = 0.8, 0.2                  # the prior: class 1 0.8, class 3 (never trained) 0.2
+    area, trust = torch.tensor([1.0]), torch.ones(201)
+    trust[3] = 0.0
+    s = {v: it.variant_scores(v, P, F, area, trust, [1], gamma=0.25) for v in it.VARIANTS}
+    assert torch.equal(s["supervised"], P)
+    assert s["default"][0, 1] == pytest.approx(0.5) and s["default"][0, 3] == pytest.approx(0.6 * 0.2)
+    assert s["ImageNet alone"][0, 1] == pytest.approx(0.8) and s["ImageNet alone"][0, 2] == 0
+    assert s["hidden, kept"][0, 1] == pytest.approx(0.6 * 0.8)   # named by the prior, objectness kept
+    assert s["hidden, dropped"][0, 1] == pytest.approx(0.1 * 0.8)  # its 0.5 moved to background
+    assert s["hidden, kept"][0, 2] == pytest.approx(0.1)  # a visible class keeps its score

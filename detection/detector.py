@@ -194,9 +194,14 @@ class Detector:
                                  "or a local .pth file), not None")
             self.trust = class_trust(classifier.class_boxes, prior_boxes=self.settings.prior_boxes)
             c = classifier.cfg
-            self.prior = prior if prior is not None else build_imagenet_prior(
-                backbone=c.backbone, weights=backbone_weights, image_size=c.image_size,
-                max_image_size=c.max_image_size, max_upscale=c.max_upscale, device=classifier.device)
+            try:
+                self.prior = prior if prior is not None else build_imagenet_prior(
+                    backbone=c.backbone, weights=backbone_weights, image_size=c.image_size,
+                    max_image_size=c.max_image_size, max_upscale=c.max_upscale, device=classifier.device)
+            except (RuntimeError, FileNotFoundError) as e:
+                raise type(e)(f"the ImageNet prior needs {c.backbone}'s ImageNet weights: {e}  Or turn the prior "
+                              f"off: imagenet_prior=False (load_detector), detector.imagenet_prior=false "
+                              f"(eval_map.py), --no-imagenet-prior (detect.py)") from e
 
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:

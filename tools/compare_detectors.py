@@ -70,8 +70,8 @@ def main() -> None:
                          "default: the model's image_size alone")
     ap.add_argument("--imagenet-prior", nargs="+", default=["on" if DetectorSettings.imagenet_prior else "off"],
                     choices=["off", "on"],
-                    help="fuse with the trunk's own ImageNet classifier (variants named ...-prior<boxes>); 'off on': "
-                         "both from one pass (default: the detector's)")
+                    help="fuse with the trunk's own ImageNet classifier; 'off on': both from one pass, variants named "
+                         "...-noprior and ...-prior<boxes> (default: the detector's)")
     ap.add_argument("--prior-boxes", type=float, nargs="+", default=[DetectorSettings.prior_boxes],
                     help="with the prior on: a class with n training boxes trusts the region classifiers "
                          "n / (n + this); with several, each is a variant of the same pass")
@@ -175,7 +175,7 @@ def main() -> None:
             name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
                     + (f"-mbw{w:g}" if len(weights) > 1 else "")
                     + ("-ms" + "x".join(map(str, args.image_sizes)) if args.image_sizes else "")
-                    + (f"-prior{pb:g}" if pb is not None else ""))
+                    + ((f"-prior{pb:g}" if pb is not None else "-noprior") if len(priors) > 1 else ""))
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",

@@ -127,6 +127,7 @@ def main(cfg: DictConfig) -> None:
         except Exception as e:  # the model is trained: a validation problem must not lose it
             log(f"warning: validation failed ({type(e).__name__}: {e}); the model is saved all the same")
     model.record = record
+    model.class_boxes = record["class_boxes"]
     if rank == 0:
         out = Path(cfg.out_dir) / "region.pt"
         save_ensemble(model, out, record=record)
@@ -184,7 +185,8 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
 
 def validate(cfg: DictConfig, model, stage) -> dict:
     """mAP (ILSVRC protocol) of the trained ensemble and of its first member on ``val_dataset``, with the training
-    proposal settings (cached, extracted where missing)."""
+    proposal settings (cached, extracted where missing); the region classifiers alone (no ImageNet prior: what this
+    training changes)."""
     from detection.detector import Detector, DetectorSettings, detect_dataset
     from detection.evaluation import evaluate
     from detection.sharded import restrict_to_scored
@@ -200,7 +202,8 @@ def validate(cfg: DictConfig, model, stage) -> dict:
         out["image_sizes"] = list(sizes)
     for key, members in (("mAP", None), ("mAP_member0", 1)):
         dets, st = detect_dataset(Detector(classifier=model.eval(),
-                                           settings=DetectorSettings(members=members, image_sizes=sizes)),
+                                           settings=DetectorSettings(members=members, image_sizes=sizes,
+                                                                     imagenet_prior=False)),
                                   val, loaded, progress=False)
         dets, val_eval = restrict_to_scored(dets, val, st["positions"])
         out[key] = evaluate(dets, val_eval).map

@@ -364,6 +364,10 @@ def test_dataset_stats_counts_classes_per_source(tmp_path):
     assert st["sources"]["b"]["boxes_per_class"] == {names[2]: 2, names[3]: 2}
     assert st["sources"]["b"]["positives_only"] == 4 and st["sources"]["b"]["classes_with_2_boxes"] == 2
     assert split_stats(a, min_boxes=4)["classes_with_4_boxes"] == 0
+    # what a model trained on it has seen per class (the ImageNet prior's trust): [exhaustive, positives only]
+    space = det200()
+    assert concat_datasets(a, b, name="ab").class_boxes() == {space.wnid(1): [3, 0], space.wnid(2): [0, 2],
+                                                              space.wnid(3): [0, 2]}
 
 
 def test_sample_dataset_is_seeded_ordered_and_keeps_ids(tmp_path):

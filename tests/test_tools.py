@@ -291,3 +291,16 @@ def test_imagenet_transfer_hidden_classes_and_variants():
     assert s["hidden, kept"][0, 1] == pytest.approx(0.6 * 0.8)   # named by the prior, objectness kept
     assert s["hidden, dropped"][0, 1] == pytest.approx(0.1 * 0.8)  # its 0.5 moved to background
     assert s["hidden, kept"][0, 2] == pytest.approx(0.1)  # a visible class keeps its score
+
+
+def test_dataset_stats_writes_a_class_boxes_sidecar(shared_data, tmp_path):
+    """--class-boxes: the sidecar a model trained before its record kept the counts reads (RegionEnsemble)."""
+    import dataset_stats
+
+    out = tmp_path / "m.class_boxes.json"
+    assert dataset_stats.main(["--split", "val_small", "--data-root", str(shared_data), "--class-boxes", str(out)]) == 0
+    blob = json.loads(out.read_text())
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval_map", overrides=["dataset=val_small", f"data_root={shared_data}"])
+    assert blob["class_boxes"] == instantiate(cfg.dataset, _convert_="all").class_boxes()
+    assert sum(e for e, p in blob["class_boxes"].values()) == 260 and "val_small" in blob["about"]

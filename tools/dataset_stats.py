@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--extra-root", default=None, help="public data outside the project (docs/breadth.md)")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--class-boxes", default=None, metavar="FILE",
+                    help="write the last split's training boxes per class ({wnid: [exhaustive, positives only]}) "
+                         "as a <model>.class_boxes.json sidecar, for a model trained on it before its record kept "
+                         "them (the ImageNet prior's trust reads them)")
     a = ap.parse_args(argv)
     hs.register_schemas()
     out = []
@@ -83,6 +87,12 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=2))
+    if a.class_boxes:
+        about = (f"training boxes per DET class (wnid) of a model trained on {ds.name}: [boxes in exhaustively "
+                 f"annotated photos, boxes in positives-only photos]. tools/train_classifier.py writes the same into "
+                 f"a new model's record (record['class_boxes']).")
+        Path(a.class_boxes).write_text(json.dumps({"about": about, "class_boxes": ds.class_boxes()}, indent=1) + "\n")
+        print(f"wrote {a.class_boxes} ({len(ds.class_boxes())} classes)")
     return 0
 
 

@@ -76,7 +76,8 @@ def bench_sweep(args, out: Path) -> dict:
 
 def bench_api(args) -> dict:
     """load_detector(), then detect() on skimage's chelsea, coffee and astronaut: median of ``--repeats`` after a
-    warm-up call, with the seconds per stage and the best detection."""
+    warm-up call, with the seconds per stage and the best detection.  The variants (mirror view on / off, ImageNet
+    prior on / off) take turns within each repeat, so that a busy machine slows them alike."""
     import numpy as np
     import skimage.data
     import torch
@@ -85,25 +86,33 @@ def bench_api(args) -> dict:
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
-    det = load_detector(image_sizes=args.image_sizes)
-    out = {"load_s": time.perf_counter() - t, "threads": args.threads, "repeats": args.repeats, "photos": {},
+    dets = {p: load_detector(image_sizes=args.image_sizes, imagenet_prior=p == "on") for p in args.imagenet_prior}
+    out = {"load_s": (time.perf_counter() - t) / len(dets), "threads": args.threads, "repeats": args.repeats,
            "image_sizes": args.image_sizes}
-    for name, flip in [(n, f) for f in args.flip for n in ("chelsea", "coffee", "astronaut")]:
-        det.settings.flip = flip == "on"
+    variants = [(f, p) for f in args.flip for p in args.imagenet_prior]
+    for name in ("chelsea", "coffee", "astronaut"):
         img = getattr(skimage.data, name)()
-        det.detect(img)  # warm-up: first-call set-up costs
-        times, stages = [], []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            r = det.detect(img)
-            times.append(time.perf_counter() - t)
-            stages.append(r.seconds)
-        keys = [k for k in stages[0] if not k.startswith("classify.")] + (
-            ["classify.flip_view"] if det.settings.flip else [])
-        out.setdefault("photos" if flip == "on" else "photos_no_flip", {})[name] = {
-            "size": f"{img.shape[1]}x{img.shape[0]}", "detect_median_s": statistics.median(times),
-            "stage_median_s": {k: float(np.median([s[k] for s in stages])) for k in keys},
-            "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in r.to_list()[:3]]}
+        times = {v: [] for v in variants}
+        stages = {v: [] for v in variants}
+        last = {}
+        for rep in range(args.repeats + 1):  # the first round is a warm-up: first-call set-up costs
+            for f, p in variants:
+                det = dets[p]
+                det.settings.flip = f == "on"
+                t = time.perf_counter()
+                r = det.detect(img)
+                if rep:
+                    times[(f, p)].append(time.perf_counter() - t)
+                    stages[(f, p)].append(r.seconds)
+                last[(f, p)] = r
+        for f, p in variants:
+            st = stages[(f, p)]
+            keys = [k for k in st[0] if not k.startswith("classify.")] + (["classify.flip_view"] if f == "on" else [])
+            key = ("photos" if f == "on" else "photos_no_flip") + ("" if p == "on" else "_no_prior")
+            out.setdefault(key, {})[name] = {
+                "size": f"{img.shape[1]}x{img.shape[0]}", "detect_median_s": statistics.median(times[(f, p)]),
+                "stage_median_s": {k: float(np.median([s[k] for s in st])) for k in keys},
+                "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[(f, p)].to_list()[:3]]}
     return out
 
 
@@ -117,6 +126,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="api: torch threads")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the test-time mirror view (on, the default), without it (off), or both")
+    p.add_argument("--imagenet-prior", nargs="+", default=["on"], choices=["on", "off"],
+                   help="api: with the ImageNet prior (on, the default), without it (off), or both")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
                    help="api: multi-scale testing with this image pyramid (e.g. 600 1200; default: off)")
     p.add_argument("--out", default="outputs/bench_scale")
@@ -129,8 +140,9 @@ def main() -> None:
         res["api"] = a = bench_api(args)
         print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']} on {a['threads']} "
               f"thread(s)" + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "") + ":")
-        for name, ph in [(f"{n}{' no flip' if k == 'photos_no_flip' else ''}", ph)
-                         for k in ("photos", "photos_no_flip") for n, ph in a.get(k, {}).items()]:
+        labels = {"photos": "", "photos_no_prior": ", no prior", "photos_no_flip": ", no flip",
+                  "photos_no_flip_no_prior": ", no flip, no prior"}
+        for name, ph in [(n + lab, ph) for k, lab in labels.items() for n, ph in a.get(k, {}).items()]:
             print(f"  {name} ({ph['size']}): {ph['detect_median_s']:.2f} s ("
                   + ", ".join(f"{k} {v:.2f}" for k, v in ph["stage_median_s"].items()) + "); top: "
                   + ", ".join(f"{d['name']} {d['score']:.2f}" for d in ph["top"]))

@@ -171,6 +171,7 @@ def main() -> None:
         scored = [i for i, r in enumerate(rows) if r is not None]
         gt_classes = {int(v) for r in dataset.records for v in r.labels.tolist()}
         res = {"protocol": protocol, "images": len(scored), "skipped": skipped, "variants": {},
+               "classes_with_gt": sorted(gt_classes),
                "classes_present": {g: len(set(v) & gt_classes) for g, v in classes.items()}}
         for name in VARIANTS:
             per = []
@@ -205,10 +206,12 @@ def main() -> None:
         res["seconds"] = time.perf_counter() - t0
         report["splits"][spec] = res
         print(format_table({spec: res}))
+    present = {k for res in report["splits"].values() for k in res["classes_with_gt"]}
     for name in ("supervised", "default"):
         found = sorted({k for res in report["splits"].values() for k in res["classes_found"][name]})
         report[f"classes_found_{name}"] = [space.name(k) for k in found]
-        print(f"DET classes with at least one correct detection on these splits, {name}: {len(found)} of 200")
+        print(f"DET classes with at least one correct detection on these splits, {name}: {len(found)} of the "
+              f"{len(present)} present (of 200)")
     (out / "transfer.json").write_text(json.dumps(report, indent=2))
     (out / "transfer.md").write_text(format_table(report["splits"]) + "\n")
     print(f"wrote {out / 'transfer.json'}, {out / 'transfer.md'}")

@@ -48,7 +48,7 @@ def test_config_typos_fail_clearly():
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
         with pytest.raises(Exception) as bad_value:
             compose("eval_map", overrides=["eval.protocol=vco"])
-        assert "Invalid value 'vco', expected one of [ilsvrc, voc, coco]" in _chain(bad_value.value)
+        assert "Invalid value 'vco', expected one of [ilsvrc, voc, coco, loc]" in _chain(bad_value.value)
         with pytest.raises(Exception) as bad_key:
             compose("eval_map", overrides=["eval.protocl=voc"])
         assert "protocl" in _chain(bad_key.value)

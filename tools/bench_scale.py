@@ -78,19 +78,44 @@ def bench_api(args) -> dict:
     """load_detector(), then detect() on skimage's chelsea, coffee and astronaut: median of ``--repeats`` after a
     warm-up call, with the seconds per stage and the best detection.  The variants (mirror view on / off, ImageNet
     prior on / off) take turns within each repeat, so that a busy machine slows them alike."""
-    import numpy as np
-    import skimage.data
     import torch
 
+    torch.set_num_threads(args.threads)
+    busy = start_busy(args.busy)
+    try:
+        return _bench_api(args, dets_for(args), busy)
+    finally:
+        for b in busy:
+            b.kill()
+
+
+def start_busy(n: int) -> list:
+    """``n`` processes that keep one core each busy (a single-threaded matrix product in a loop): other jobs on the
+    machine, as users run detectors beside them."""
+    code = "import numpy as np\nx = np.random.rand(400, 400)\nwhile True:\n    x = (x @ x) / 400.0"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(n)]
+    time.sleep(1.0 if n else 0.0)  # let them start
+    return procs
+
+
+def dets_for(args) -> tuple:
     from detection import load_detector
 
-    torch.set_num_threads(args.threads)
     t = time.perf_counter()
     dets = {p: load_detector(image_sizes=args.image_sizes, imagenet_prior=p == "on") for p in args.imagenet_prior}
-    out = {"load_s": (time.perf_counter() - t) / len(dets), "threads": args.threads, "repeats": args.repeats,
-           "image_sizes": args.image_sizes}
+    return dets, (time.perf_counter() - t) / len(dets)
+
+
+def _bench_api(args, loaded, busy) -> dict:
+    import numpy as np
+    import skimage.data
+
+    dets, load_s = loaded
+    out = {"load_s": load_s, "threads": args.threads, "repeats": args.repeats, "image_sizes": args.image_sizes,
+           "busy_processes": len(busy), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     variants = [(f, p) for f in args.flip for p in args.imagenet_prior]
-    for name in ("chelsea", "coffee", "astronaut"):
+    for name in args.photos:
         img = getattr(skimage.data, name)()
         times = {v: [] for v in variants}
         stages = {v: [] for v in variants}
@@ -126,6 +151,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="api: torch threads")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the test-time mirror view (on, the default), without it (off), or both")
+    p.add_argument("--photos", nargs="+", default=["chelsea", "coffee", "astronaut"],
+                   choices=["chelsea", "coffee", "astronaut", "rocket"], help="api: which of skimage's photos")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="api: run N busy processes (one core each) beside the benchmark (default 0: idle)")
     p.add_argument("--imagenet-prior", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the ImageNet prior (on, the default), without it (off), or both")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
@@ -139,7 +168,9 @@ def main() -> None:
     if "api" in which:
         res["api"] = a = bench_api(args)
         print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']} on {a['threads']} "
-              f"thread(s)" + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "") + ":")
+              f"thread(s)" + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "")
+              + (f", {a['busy_processes']} busy processes beside it" if a["busy_processes"] else "")
+              + (f", OMP_WAIT_POLICY={a['omp_wait_policy']}" if a["omp_wait_policy"] else "") + ":")
         labels = {"photos": "", "photos_no_prior": ", no prior", "photos_no_flip": ", no flip",
                   "photos_no_flip_no_prior": ", no flip, no prior"}
         for name, ph in [(n + lab, ph) for k, lab in labels.items() for n, ph in a.get(k, {}).items()]:

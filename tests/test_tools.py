@@ -304,3 +304,17 @@ def test_dataset_stats_writes_a_class_boxes_sidecar(shared_data, tmp_path):
         cfg = compose("eval_map", overrides=["dataset=val_small", f"data_root={shared_data}"])
     assert blob["class_boxes"] == instantiate(cfg.dataset, _convert_="all").class_boxes()
     assert sum(e for e, p in blob["class_boxes"].values()) == 260 and "val_small" in blob["about"]
+
+
+def test_bench_scale_busy_processes_run_until_killed():
+    """bench_scale --busy N: N processes keep the cores busy while detect() is timed, and are gone after."""
+    import bench_scale
+
+    procs = bench_scale.start_busy(2)
+    try:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)  # still running after their start-up
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.wait(timeout=10) != 0 for p in procs)
+    assert bench_scale.start_busy(0) == []

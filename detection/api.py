@@ -178,8 +178,8 @@ class ObjectDetector(Detector):
         return (f"ObjectDetector({s.members or c.members} of {c.members} x {c.backbone} ({c.mode}), "
                 f"proposals={self.proposal_preset!r}, nms_iou={s.nms_iou}, score_threshold={s.score_threshold}, "
                 f"flip={s.flip}, multibox_weight={s.multibox_weight:g}, "
-                + (f"imagenet_prior=True (prior_boxes={s.prior_boxes:g}, prior_area_power={s.prior_area_power:g}), " if s.imagenet_prior
-                   else "imagenet_prior=False, ")
+                + (f"imagenet_prior=True (prior_boxes={s.prior_boxes:g}, prior_area_power={s.prior_area_power:g}), "
+                   if s.imagenet_prior else "imagenet_prior=False, ")
                 + (f"image_sizes={list(s.image_sizes)}, " if s.image_sizes else "") +
                 f"device={self.device!r})")
 

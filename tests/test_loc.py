@@ -122,3 +122,15 @@ def test_matches_a_slow_reference(seed):
     m = evaluate_loc(dets(rows), dataset(gt), ks=(1, 3, 5))
     for k in (1, 3, 5):
         assert m.localised[k] == pytest.approx(reference_loc(rows, gt, k))
+
+
+def test_training_groups_split_the_200_classes():
+    from detection.evaluation.loc import training_groups
+    from detection.labels import det200
+
+    space = det200()
+    g = training_groups({space.wnid(3): [10, 0], space.wnid(7): [0, 25], space.wnid(9): [0, 0]})
+    assert g["classes with training boxes"] == [3, 7]  # a class listed with no box is not trained
+    without = g["classes without training boxes"]
+    assert len(without) == 198 and without[0] == 1 and without[-1] == 200 and 9 in without
+    assert training_groups(None) is None

@@ -117,6 +117,7 @@ def main() -> None:
     # None: the prior off; a number: on, with that prior_boxes
     priors = ([None] if "off" in args.imagenet_prior else []) + (
         list(dict.fromkeys(round(b, 6) for b in args.prior_boxes)) if "on" in args.imagenet_prior else [])
+    settings = DetectorSettings()  # the detector's score floor (eval_map's)
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
@@ -148,23 +149,35 @@ def main() -> None:
                 uniq, inv = torch.unique(allb, dim=0, return_inverse=True)
                 views = model.member_logits(img, uniq, flip="on" in flips, image_sizes=args.image_sizes).float()
                 probs_v = (views if "on" in flips else views[None])[:, :, inv].softmax(-1)  # [V, M, N, C]
-                prior_all = prior_net.predict(img, uniq)[inv] if prior_net is not None else None
+                prior_all = area_all = None
+                if prior_net is not None:
+                    # as Detector.detect: only a box whose objectness reaches half the score floor in some view and
+                    # member (every variant's objectness is a mean of those) can yield a detection
+                    fg = 1.0 - (views if "on" in flips else views[None]).softmax(-1)[..., 0].amax((0, 1))
+                    need = fg >= 0.5 * settings.score_threshold
+                    prior_u = torch.zeros(len(uniq), views.shape[-1])
+                    if need.any():
+                        prior_u[need] = prior_net.predict(img, uniq[need])
+                    prior_all = prior_u[inv]
+                    area_all = box_area_share(uniq, *img.shape[:2])[inv]
                 s = 0
                 for p, b in zip(sets, boxes):
                     part = probs_v[:, :, s:s + len(b)]
                     s += len(b)
-                    prior_part = prior_all[s - len(b):s] if prior_all is not None else None
+                    if prior_all is not None:
+                        prior_part, area_part = prior_all[s - len(b):s], area_all[s - len(b):s]
                     for m in args.members:
                         for f in flips:
                             probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
                             for pb in priors:
                                 fused = probs if pb is None else fuse_imagenet(
-                                    probs, prior_part, trusts[pb], box_area=box_area_share(b, *img.shape[:2]),
+                                    probs, prior_part, trusts[pb], box_area=area_part,
                                     area_power=args.prior_area_power)
                                 for w in weights:
                                     pw = weight_sources(fused, sources[p][j], w)
                                     for t in args.nms:
-                                        per[(p, m, f, t, w, pb)].append(postprocess(b, pw, nms_iou=t))
+                                        per[(p, m, f, t, w, pb)].append(
+                                            postprocess(b, pw, nms_iou=t, score_threshold=settings.score_threshold))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")

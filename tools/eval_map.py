@@ -110,12 +110,7 @@ def score_loc(dets, dataset, out: Path, extra: dict, class_boxes: dict | None) -
     m = evaluate_loc(dets, GroundTruth.from_dataset(dataset))
     groups = training_groups(class_boxes)
     print(format_loc(m, title=f"{dataset.name}:", groups=groups))
-    d = {**m.to_dict(), **extra}
-    for name, classes in (groups or {}).items():
-        sub = m.restrict(classes)
-        if sub.num_queries:
-            d[name] = {k: v for k, v in sub.to_dict().items() if k != "per_class"}
-    atomic_write_text(out / "metrics.json", json.dumps(d, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps({**m.to_dict(groups), **extra}, indent=2))
     print(f"wrote {out / 'metrics.json'} (protocol loc: no AP plots, error breakdown or report page)")
     return m.localised[max(m.ks)]
 

@@ -74,12 +74,8 @@ def main() -> None:
     print(format_loc(m, title=f"{ds.name}, whole-photo ImageNet classifier (top {args.top} classes):", groups=groups))
     out = Path(args.out)
     write_coco_results(dets, ds, out / "detections.json")
-    d = {**m.to_dict(), "dataset": ds.name, "method": f"whole-photo ImageNet classifier at {args.size} px",
+    d = {**m.to_dict(groups), "dataset": ds.name, "method": f"whole-photo ImageNet classifier at {args.size} px",
          "skipped": skipped}
-    for name, classes in (groups or {}).items():
-        sub = m.restrict(classes)
-        if sub.num_queries:
-            d[name] = {k: v for k, v in sub.to_dict().items() if k != "per_class"}
     atomic_write_text(out / "metrics.json", json.dumps(d, indent=2))
     print(f"wrote {out / 'detections.json'}, {out / 'metrics.json'}")
 

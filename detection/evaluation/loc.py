@@ -65,14 +65,24 @@ class LocMetrics:
                           {k: v[keep] for k, v in self.query_classified.items()}, self.query_labels[keep],
                           self.num_images)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, groups: dict | None = None) -> dict:
+        """The figures as JSON; ``groups`` (``{"name": [labels]}``, e.g. :func:`training_groups`) adds each group's
+        headline figures under its name (a group without photos is left out)."""
+        out = self._headline()
+        out["per_class"] = {str(c): {"photos": n, **{f"top{k}": self.per_class[k][c] for k in self.ks}}
+                            for c, n in sorted(self.queries.items())}
+        for name, classes in (groups or {}).items():
+            sub = self.restrict(classes)
+            if sub.num_queries:
+                out[name] = sub._headline()
+        return out
+
+    def _headline(self) -> dict:
         return {"protocol": "loc", "ks": list(self.ks), "num_images": self.num_images, "queries": self.num_queries,
                 **{f"top{k}_loc": self.localised[k] for k in self.ks},
                 **{f"top{k}_cls": self.classified[k] for k in self.ks},
                 **{f"classes_localised_top{k}": self.classes_localised(k) for k in self.ks},
-                "classes": len(self.queries),
-                "per_class": {str(c): {"photos": n, **{f"top{k}": self.per_class[k][c] for k in self.ks}}
-                              for c, n in sorted(self.queries.items())}}
+                "classes": len(self.queries)}
 
 
 def _summarise(ks, query_hits, query_cls, labels, num_images) -> LocMetrics:
@@ -153,7 +163,7 @@ def training_groups(class_boxes: dict | None) -> dict[str, list[int]] | None:
     space = det200()
     trained = {space.index_of_wnid(w) for w, counts in class_boxes.items() if sum(counts) > 0}
     return {"classes with training boxes": sorted(trained),
-            "classes without training boxes": sorted(set(range(1, len(space) + 1)) - trained)}
+            "classes without training boxes": sorted(set(range(1, space.num_classes + 1)) - trained)}
 
 
 def format_loc(m: LocMetrics, *, title: str = "", groups: dict | None = None, max_classes: int = 40) -> str:

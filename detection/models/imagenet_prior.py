@@ -69,7 +69,7 @@ def imagenet_fold_matrix() -> Tensor:
 
 
 def class_trust(class_boxes, *, prior_boxes: float) -> Tensor:
-    """Per-class trust in the region classifiers, ``Tensor[201]`` (column 0, background: 1).
+    """Per-class trust in the region classifiers, ``Tensor[C + 1]`` (column 0, background: 1).
 
     ``class_boxes``: ``{wnid: [boxes in exhaustively annotated photos, boxes in positives-only photos]}`` of the
     classifier's training data (``RegionEnsemble.class_boxes``).  A class with ``n`` boxes (the positives-only ones
@@ -79,9 +79,8 @@ def class_trust(class_boxes, *, prior_boxes: float) -> Tensor:
     from detection.labels import det200
 
     space = det200()
-    n = torch.zeros(201)
-    for wnid, counts in class_boxes.items():
-        exhaustive, positives_only = (list(counts) + [0, 0])[:2]
+    n = torch.zeros(space.num_classes + 1)
+    for wnid, (exhaustive, positives_only) in class_boxes.items():
         n[space.index_of_wnid(wnid)] = float(exhaustive) + POSITIVES_ONLY_WEIGHT * float(positives_only)
     trust = n / (n + prior_boxes) if prior_boxes > 0 else (n > 0).float()
     trust[0] = 1.0
@@ -156,8 +155,7 @@ class ImageNetPrior(nn.Module):
         level = self.assign_levels(boxes, scales)
         spec = self.backbone.spec
         pooled = boxes.new_zeros((boxes.shape[0], spec.feature_channels))
-        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
-        x0 = torch.from_numpy(arr).permute(2, 0, 1).to(self.device).float() / 255.0
+        x0 = self._as_tensor(image_rgb)
         for k, s in enumerate(scales):
             sel = (level == k).nonzero().flatten()
             if sel.numel() == 0:
@@ -174,6 +172,12 @@ class ImageNetPrior(nn.Module):
         self.last_seconds = {"imagenet_prior": time.perf_counter() - t0}
         return out
 
+    def _as_tensor(self, image_rgb: np.ndarray) -> Tensor:
+        """``uint8[H, W, 3]`` -> ``float[3, H, W]`` in [0, 1] on the prior's device (a read-only or strided array is
+        copied first: torch cannot wrap it)."""
+        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
+        return torch.from_numpy(arr).permute(2, 0, 1).to(self.device).float() / 255.0
+
     @torch.inference_mode()
     def whole_photo(self, image_rgb: np.ndarray, *, size: int = 224) -> Tensor:
         """The ImageNet classifier on the whole photo (shorter side resized to ``size``, nothing cropped), folded:
@@ -181,9 +185,7 @@ class ImageNetPrior(nn.Module):
         object."""
         h, w = image_rgb.shape[:2]
         s = size / min(h, w)
-        arr = image_rgb if image_rgb.flags.writeable and image_rgb.flags.c_contiguous else np.array(image_rgb)
-        x = torch.from_numpy(arr).permute(2, 0, 1).to(self.device).float() / 255.0
-        x = F.interpolate(x[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+        x = F.interpolate(self._as_tensor(image_rgb)[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
                           align_corners=False, antialias=s < 1)
         logits = self.classifier(self.backbone(self.backbone.normalize(x)).mean((2, 3)))
         return (logits.float().softmax(-1) @ self.fold).cpu()[0]

@@ -189,7 +189,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
                   max_per_class: int = 100, flip: bool = True, multibox_weight: float = 0.5,
                   image_sizes: tuple[int, ...] | list[int] | None = None,
                   imagenet_prior: bool | None = None, prior_boxes: float | None = None,
-                  prior_area_power: float | None = None,
+                  prior_area_power: float | None = None, threads: int | None = None,
+                  overlap_proposals: bool | None = None,
                   cache_dir: str | Path | None = None,
                   backbone_weights: str | None = "imagenet") -> ObjectDetector:
     """The detector, ready to run.
@@ -217,6 +218,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
             ImageNet classifier for the rest (``None``: the settings default).
         prior_area_power: the ImageNet evidence of a box is scaled by (its share of the image's area) to this
             power, which favours whole objects over their parts (``None``: the settings default; 0: off).
+        threads: torch's (and OpenCV's) threads, process-wide (``None``: the settings default).
+        overlap_proposals: run selective search in a thread while the trunk runs (``None``: the settings default).
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration) and for the ImageNet
             prior: ``"imagenet"``, a local ``.pth`` file, or ``None`` (random, which the prior refuses).
@@ -238,7 +241,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         cache_dir = Path(__file__).resolve().parents[1] / ".cache"
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
     optional = {k: v for k, v in {"imagenet_prior": imagenet_prior, "prior_boxes": prior_boxes,
-                                 "prior_area_power": prior_area_power}.items()
+                                 "prior_area_power": prior_area_power, "threads": threads,
+                                 "overlap_proposals": overlap_proposals}.items()
                 if v is not None}  # None: the settings dataclass's default
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
                                     members=members, flip=flip, multibox_weight=multibox_weight,

@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms
 from detection.models.region import RegionEnsemble
 
 __all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
-           "Detector", "detect_dataset"]
+           "Detector", "detect_dataset", "set_threads"]
 
 
 @dataclass
@@ -51,8 +51,15 @@ class DetectorSettings:
     # the ImageNet evidence of a box is scaled by (box area / image area) ** prior_area_power: a part of an object
     # (a dog's head) looks as much like its class to an ImageNet classifier as the whole object; 0 turns it off
     prior_area_power: float = 0.25
+    # with a MultiBox head on the classifiers' trunk, selective search (OpenCV, outside the GIL) runs in a thread
+    # while the trunk runs
+    overlap_proposals: bool = True
+    # torch's intra-op threads (process-wide, set when the detector is built); None: leave torch's setting
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None: torch's setting), got {self.threads}")
         if not 0.0 <= self.multibox_weight <= 1.0:
             raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
         if self.prior_boxes < 0:
@@ -180,6 +187,14 @@ class Detector:
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
         classifier.check_image_sizes(self.settings.image_sizes)  # a warp-mode model: said now, not at the first image
+        if self.settings.threads is not None:
+            set_threads(self.settings.threads)
+        mb = getattr(proposals, "mb", None)
+        # a MultiBox head on the classifiers' trunk reads their pass over the image: it must be their trunk
+        self.shared_multibox = mb if mb is not None and getattr(mb, "shared", False) else None
+        if self.shared_multibox is not None:
+            self.shared_multibox.check_trunk(classifier)
+        self._pool = None  # the thread selective search runs in (overlap_proposals)
         self.prior, self.trust = None, None
         if self.settings.imagenet_prior:
             from detection.models.imagenet_prior import build_imagenet_prior, class_trust
@@ -202,6 +217,45 @@ class Detector:
                 raise type(e)(f"the ImageNet prior needs {c.backbone}'s ImageNet weights: {e}  Or turn the prior "
                               f"off: imagenet_prior=False (load_detector), detector.imagenet_prior=false "
                               f"(eval_map.py), --no-imagenet-prior (detect.py)") from e
+        # the classifiers' stride-16 map is ImageNet's own when the fine-tuned stages all come after it
+        c = classifier.cfg
+        self.prior_shares_mid = (self.prior is not None and prior is None and c.backbone == "lite0"
+                                 and c.shared_trunk and c.mode == "roi"
+                                 and _mid_is_frozen(classifier))
+
+    def _propose_shared(self, image_rgb: np.ndarray, seconds: dict) -> tuple[Tensor, Tensor, tuple, tuple]:
+        """Proposals from one trunk pass: the classifiers' trunk runs on the image at their scale, the MultiBox head
+        reads its maps, selective search runs meanwhile (in a thread with ``overlap_proposals``), and the pass is
+        returned for the classifiers to pool from and the ImageNet prior to continue from: ``(boxes, source tags,
+        (x, scale, roi map), (scale, stride-16 map))``."""
+        stage, clf = self.proposals, self.classifier
+
+        def run_ss():
+            t = time.perf_counter()
+            out = stage.ss(image_rgb)[0]
+            return out, time.perf_counter() - t
+
+        future = None
+        if self.settings.overlap_proposals:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="selective-search")
+            future = self._pool.submit(run_ss)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            x, scale = clf.prepare_image(image_rgb)
+            last, mid = clf.trunk_maps(x[None])
+            t_trunk = time.perf_counter()
+            h, w = image_rgb.shape[:2]
+            mb_boxes, mb_scores = self.shared_multibox.from_maps(last, mid, width=w, height=h)
+        t_mb = time.perf_counter()
+        ss_boxes, t_ss = future.result() if future is not None else run_ss()
+        seconds.update(trunk=t_trunk - t, multibox=t_mb - t_trunk, selective_search=t_ss)
+        if future is not None:
+            seconds["selective_search_wait"] = time.perf_counter() - t_mb
+        boxes, source = stage.merge(ss_boxes, mb_boxes, mb_scores)
+        return boxes, source, (x, scale, last), (scale, mid)
 
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:
@@ -209,15 +263,19 @@ class Detector:
         ``source``: their merge tags (1: MultiBox, weighted by ``settings.multibox_weight``; ``None``: no weighting)."""
         t0 = time.perf_counter()
         seconds = {}
+        view = mid = None
         if boxes is None:
             if self.proposals is None:
                 raise ValueError("no proposals: pass boxes= or build the Detector with a proposal stage")
-            boxes, source = self.proposals.propose(image_rgb)
-            seconds.update(getattr(self.proposals, "last_seconds", {}))
+            if self.shared_multibox is not None:
+                boxes, source, view, mid = self._propose_shared(image_rgb, seconds)
+            else:
+                boxes, source = self.proposals.propose(image_rgb)
+                seconds.update(getattr(self.proposals, "last_seconds", {}))
             seconds["proposals"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         probs = self.classifier.predict(image_rgb, boxes, members=self.settings.members, flip=self.settings.flip,
-                                        image_sizes=self.settings.image_sizes)
+                                        image_sizes=self.settings.image_sizes, view=view)
         if self.prior is not None:
             t = time.perf_counter()
             prior = torch.zeros_like(probs)
@@ -225,7 +283,10 @@ class Detector:
             # half the score floor yields no detection either way: the prior is computed for the others only
             need = (1.0 - probs[:, 0]) >= 0.5 * self.settings.score_threshold
             if need.any():
-                prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)])
+                # the prior's ImageNet layers up to the stride-16 map are the classifiers' frozen ones: their pass
+                # serves it (lite0 with its later stages fine-tuned)
+                prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)],
+                                                 mid=mid if self.prior_shares_mid else None)
             area = box_area_share(boxes, *image_rgb.shape[:2])
             probs = fuse_imagenet(probs, prior, self.trust, box_area=area.to(probs.device),
                                   area_power=self.settings.prior_area_power)
@@ -238,6 +299,25 @@ class Detector:
         seconds.update(classify=t2 - t1, nms=time.perf_counter() - t2)
         seconds.update({f"classify.{k}": v for k, v in self.classifier.last_seconds.items()})
         return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
+
+
+def _mid_is_frozen(classifier: RegionEnsemble) -> bool:
+    """True when the classifiers' trunk up to its stride-16 map (``spec.mid_layer``) is ImageNet's, untouched: its
+    fine-tuned stages (``trainable_stages``) all come after that layer."""
+    from detection.models.region import stem_stages
+
+    bb = classifier.backbones[0]
+    stages = stem_stages(bb)
+    tuned = stages[len(stages) - classifier.cfg.trainable_stages:] if classifier.cfg.trainable_stages else []
+    return bb.spec.mid_layer in stages and all(stages.index(t) > stages.index(bb.spec.mid_layer) for t in tuned)
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads and OpenCV's, process-wide."""
+    import cv2
+
+    torch.set_num_threads(int(threads))
+    cv2.setNumThreads(int(threads))
 
 
 def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):

@@ -26,9 +26,14 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "proposals"
 class MultiBoxSettings:
     top_k: int = 200
     model: str | None = None  # a saved MultiBox file; None: the embedded default
-    # MultiBox runs on the whole image + for each level [grid, fraction] grid x grid overlapping crops, each that
-    # fraction of the image ([]: the whole image only): crops let the network see small objects larger
-    crops: list = field(default_factory=lambda: [[2, 0.6], [3, 0.45]])
+    # a MultiBox head on the region classifiers' trunk (the embedded default) reads the maps of this region model
+    # (None: the embedded classifiers); inside a detector, the detector's own classifiers
+    region_model: str | None = None
+    # a MultiBox network with its own backbone (trunk "own") runs on the whole image + for each level
+    # [grid, fraction] grid x grid overlapping crops, each that fraction of the image ([]: the whole image only):
+    # crops let it see small objects larger.  A head on the region classifiers' trunk reads their one pass and
+    # takes no crops
+    crops: list = field(default_factory=list)
     # drop a crop's boxes that reach one of its edges inside the image (objects cut by the crop)
     drop_cut: bool = True
     # near-duplicate MultiBox boxes (from neighbouring priors or overlapping crops) are suppressed at this IoU before
@@ -96,9 +101,9 @@ class MultiBoxSource:
     method = "multibox"
 
     def __init__(self, model_path: str | Path | None = None, *, crops: Sequence[Sequence[float]] = (),
-                 drop_cut: bool = False, device: str | torch.device = "cpu"):
+                 drop_cut: bool = False, device: str | torch.device = "cpu", region_model: str | Path | None = None):
         from proposals.multibox import default_model_path
-        from proposals.multibox.model import crop_windows
+        from proposals.multibox.model import crop_windows, multibox_trunk
 
         crop_windows(100, 100, levels=crops)  # invalid settings fail here, not in a worker
         self.crops = [[int(g), float(f)] for g, f in crops]
@@ -109,8 +114,45 @@ class MultiBoxSource:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: MultiBox model not found (train one with tools/train_multibox.py, "
                                     f"or set proposals.multibox.top_k=0 for selective search alone)")
+        self.trunk = multibox_trunk(self.path)  # "own" or "region"
+        if self.trunk == "region" and self.crops:
+            raise ValueError(f"{self.path}: this MultiBox head reads the region classifiers' one trunk pass and takes "
+                             f"no crops; set proposals.multibox.crops=[] (crops {self.crops} are for a MultiBox with "
+                             f"its own backbone)")
+        self.region_model = Path(region_model) if region_model else None
         self._sha1 = file_sha1(self.path)
         self._model = None
+        self._ensemble = None
+
+    @property
+    def shared(self) -> bool:
+        """True when the head reads the region classifiers' trunk maps (no backbone of its own)."""
+        return self.trunk == "region"
+
+    def model(self):
+        """The network, loaded on first use (BatchNorms folded: inference only)."""
+        if self._model is None:
+            from detection.models.backbones import fold_batchnorm
+            from proposals.multibox.model import load_multibox
+
+            model = load_multibox(self.path).eval()
+            if not self.shared:
+                fold_batchnorm(model)  # ~25 % faster on a CPU, the same boxes to float rounding
+            self._model = model.to(self.device)
+        return self._model
+
+    def check_trunk(self, ensemble) -> None:
+        """Raise ``ValueError`` unless this (shared) head was trained on ``ensemble``'s trunk maps."""
+        want = self.model().trunk_id
+        if ensemble.trunk_id != want:
+            raise ValueError(f"{self.path}: this MultiBox head was trained on the trunk {want or '(unknown)'}, but the "
+                             f"region classifiers' trunk is {ensemble.trunk_id or '(unknown)'}; retrain it on their "
+                             f"maps (tools/train_multibox.py region_model=<their file>) or give the matching "
+                             f"proposals.multibox.model")
+
+    def from_maps(self, last: Tensor, mid: Tensor, *, width: int, height: int) -> tuple[Tensor, Tensor]:
+        """A shared head's boxes (pixels, best first) and confidences from one image's trunk maps."""
+        return self.model().propose_from_maps(last, mid, width=width, height=height)
 
     @property
     def settings(self) -> dict:
@@ -120,17 +162,22 @@ class MultiBoxSource:
         return s
 
     def __getstate__(self):
-        return {**self.__dict__, "_model": None}
+        return {**self.__dict__, "_model": None, "_ensemble": None}
 
     def __call__(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
-        if self._model is None:
-            from detection.models.backbones import fold_batchnorm
-            from proposals.multibox.model import load_multibox
+        if not self.shared:
+            return self.model().propose(image_rgb, crops=self.crops, drop_cut=self.drop_cut)
+        if self._ensemble is None:  # the region classifiers' trunk, for extraction outside a detector
+            from detection.models.region import load_ensemble
 
-            model = load_multibox(self.path).eval()
-            fold_batchnorm(model)  # inference only: ~25 % faster on a CPU, the same boxes to float rounding
-            self._model = model.to(self.device)
-        return self._model.propose(image_rgb, crops=self.crops, drop_cut=self.drop_cut)
+            ens = load_ensemble(self.region_model, device=self.device)
+            self.check_trunk(ens)
+            self._ensemble = ens.fuse_for_inference()
+        with torch.inference_mode():
+            x, _ = self._ensemble.prepare_image(image_rgb)
+            last, mid = self._ensemble.trunk_maps(x[None])
+        h, w = image_rgb.shape[:2]
+        return self.from_maps(last, mid, width=w, height=h)
 
 
 class ProposalStage:
@@ -141,8 +188,8 @@ class ProposalStage:
         self.cache_root = Path(cache_root)
         self.ss = SelectiveSearchSource(settings.selective_search)
         mb = settings.multibox
-        self.mb = (MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut, device=device) if mb.top_k > 0
-                   else None)
+        self.mb = (MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut, device=device,
+                                  region_model=mb.region_model) if mb.top_k > 0 else None)
         self.last_seconds: dict = {}  # time per source of the last propose() call
 
     def sources(self):
@@ -206,17 +253,20 @@ class ProposalStage:
                     continue
                 raise RuntimeError(f"{r.path}: proposals missing or stale in {self.cache_root} for "
                                    f"{dataset.name}; run the extraction first")
-            boxes, source = merge_proposals(
-                ss_boxes=ss["boxes"], mb_boxes=mb["boxes"] if mb else None, mb_scores=mb["scores"] if mb else None,
-                top_k=self.settings.multibox.top_k, mb_nms_iou=self.settings.multibox.nms_iou,
-                dedup_iou=self.settings.dedup_iou,
-                min_size=self.settings.min_size)
+            boxes, source = self.merge(ss["boxes"], mb["boxes"] if mb else None, mb["scores"] if mb else None)
             out.append({"boxes": boxes, "source": source, "seconds": ss["seconds"] + (mb["seconds"] if mb else 0.0)})
         return out
 
+    def merge(self, ss_boxes: Tensor, mb_boxes: Tensor | None, mb_scores: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Both sources' boxes of one image -> (merged boxes, source tags) by this stage's settings."""
+        return merge_proposals(ss_boxes=ss_boxes, mb_boxes=mb_boxes, mb_scores=mb_scores,
+                               top_k=self.settings.multibox.top_k, mb_nms_iou=self.settings.multibox.nms_iou,
+                               dedup_iou=self.settings.dedup_iou, min_size=self.settings.min_size)
+
     def propose(self, image_rgb: np.ndarray) -> tuple[Tensor, Tensor]:
         """Merged proposals of one image, computed now (no cache).  ``self.last_seconds`` then holds the time of
-        each source and of the merge."""
+        each source.  (Inside a :class:`~detection.detector.Detector` a shared MultiBox head reads the classifiers'
+        own trunk pass instead, see ``Detector.detect``.)"""
         import time
 
         t0 = time.perf_counter()
@@ -225,6 +275,4 @@ class ProposalStage:
         mb_boxes, mb_scores = self.mb(image_rgb) if self.mb is not None else (None, None)
         t2 = time.perf_counter()
         self.last_seconds = {"selective_search": t1 - t0, "multibox": t2 - t1}
-        return merge_proposals(ss_boxes=ss, mb_boxes=mb_boxes, mb_scores=mb_scores,
-                               top_k=self.settings.multibox.top_k, mb_nms_iou=self.settings.multibox.nms_iou,
-                               dedup_iou=self.settings.dedup_iou, min_size=self.settings.min_size)
+        return self.merge(ss, mb_boxes, mb_scores)

@@ -87,6 +87,7 @@ class TrainMultiBoxConfig:
     cache_dir: Optional[str] = None
     out_dir: str = "checkpoints/multibox"
     install: bool = False
+    region_model: Optional[str] = None  # model.trunk=region: the region classifiers whose trunk maps the head reads
     model: MultiBoxConfig = field(default_factory=MultiBoxConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 

@@ -4,6 +4,7 @@
     python tools/train_multibox.py                       # train split, 12 epochs, checkpoints/multibox/train
     python tools/train_multibox.py split=train_small train.epochs=2
     python tools/train_multibox.py install=true          # also install as the package's embedded default
+    python tools/train_multibox.py model.trunk=own model.input_size=448   # the network with its own backbone
 
 Kill it and run the same command again: it resumes from the last finished epoch (and the cached features).
 """
@@ -27,8 +28,9 @@ hs.register_schemas()
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="train_multibox", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from detection.models import build_backbone
-    from proposals.multibox.model import MultiBox, MultiBoxConfig
-    from proposals.multibox.train import TrainSettings, compute_features, train_multibox, train_priors
+    from proposals.multibox.model import MultiBox, MultiBoxConfig, SharedMultiBox
+    from proposals.multibox.train import (TrainSettings, compute_features, compute_region_features, train_multibox,
+                                          train_priors)
     from proposals.multibox import default_model_path
 
     hs.resolve_data_root(cfg)
@@ -44,9 +46,25 @@ def main(cfg: DictConfig) -> None:
     mcfg = MultiBoxConfig(**OmegaConf.to_container(cfg.model))
     tset = TrainSettings(**OmegaConf.to_container(cfg.train))
     torch.manual_seed(tset.seed)
-    model = MultiBox(backbone=build_backbone(mcfg.backbone), cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4))
-    feats = compute_features(train_ds, model, cache_dir=cache)
-    val = compute_features(val_ds, model, cache_dir=cache) if val_ds is not None else None
+    if mcfg.trunk == "region":  # the head reads the region classifiers' trunk: their model gives the maps
+        from detection.models.region import load_ensemble
+
+        ensemble = load_ensemble(cfg.region_model).fuse_for_inference()
+        if ensemble.cfg.backbone != mcfg.backbone:
+            raise ValueError(f"model.backbone={mcfg.backbone} but the region model's trunk is "
+                             f"{ensemble.cfg.backbone}")
+        model = SharedMultiBox(cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4), trunk_id=ensemble.trunk_id)
+        print(f"trunk: the region classifiers' ({cfg.region_model or 'embedded default'}, {ensemble.trunk_id})")
+
+        def features(ds):
+            return compute_region_features(ds, ensemble, cache_dir=cache)
+    else:
+        model = MultiBox(backbone=build_backbone(mcfg.backbone), cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4))
+
+        def features(ds):
+            return compute_features(ds, model, cache_dir=cache)
+    feats = features(train_ds)
+    val = features(val_ds) if val_ds is not None else None
     t_feat = time.perf_counter() - t0
     model.priors.copy_(train_priors(feats, k=mcfg.num_priors, seed=tset.seed))
     print(f"features: {len(feats.ids)} train images in {t_feat:.0f} s; {mcfg.num_priors} k-means priors")

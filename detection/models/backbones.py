@@ -39,6 +39,7 @@ __all__ = [
     "Backbone",
     "build_backbone",
     "backbone_names",
+    "backbone_spec",
     "remap_positional",
     "load_lite0_state_dict",
     "fold_batchnorm",
@@ -123,6 +124,18 @@ class Backbone(nn.Module):
             hook.remove()
         return taken[-1], last
 
+    def forward_from_mid(self, mid: Tensor) -> Tensor:
+        """The rest of :meth:`forward` from the stride-16 map (``spec.mid_layer``'s output, as
+        :meth:`forward_levels` gives it) -> last feature map: ``forward_from_mid(forward_levels(x)[0]) ==
+        forward(x)``.  lite0 only (its layers after ``blocks.4`` run in sequence)."""
+        if self.spec.name != "lite0":
+            raise NotImplementedError(f"forward_from_mid is implemented for lite0, not {self.spec.name}")
+        f = self.features
+        x = mid
+        for block in f.blocks[int(self.spec.mid_layer.split(".")[1]) + 1:]:
+            x = block(x)
+        return f.bn2(f.conv_head(x))
+
     def pool(self, fmap: Tensor) -> Tensor:
         """Global average pool: ``Tensor[B, C, h, w]`` -> ``Tensor[B, pooled_dim]``."""
         return fmap.mean(dim=(-2, -1))
@@ -143,6 +156,13 @@ class Backbone(nn.Module):
     def classifier_logits(self, x: Tensor) -> Tensor:
         """Normalised ``Tensor[B, 3, H, W]`` -> ImageNet logits ``Tensor[B, 1000]`` from the original head."""
         return self.head(self.features(x))
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of backbone ``name`` (no network is built)."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
+    return _SPECS[name]
 
 
 def backbone_names() -> tuple[str, ...]:

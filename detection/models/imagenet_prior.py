@@ -144,8 +144,13 @@ class ImageNetPrior(nn.Module):
         return (side[:, None] * s[None] - self.crop_size).abs().argmin(1)
 
     @torch.inference_mode()
-    def logits(self, image_rgb: np.ndarray, boxes: Tensor) -> Tensor:
-        """ImageNet-1k logits of every box: ``Tensor[N, 1000]`` (``image_rgb``: ``uint8[H, W, 3]``)."""
+    def logits(self, image_rgb: np.ndarray, boxes: Tensor, *, mid: tuple[float, Tensor] | None = None) -> Tensor:
+        """ImageNet-1k logits of every box: ``Tensor[N, 1000]`` (``image_rgb``: ``uint8[H, W, 3]``).
+
+        ``mid``: ``(scale, stride-16 map)`` of the image resized by ``scale`` through ImageNet's own layers up to
+        ``spec.mid_layer`` (the region classifiers' trunk computes it when those layers are frozen, see
+        :meth:`Detector.detect <detection.detector.Detector.detect>`): the pyramid level of that scale starts from it
+        instead of the image."""
         import time
 
         t0 = time.perf_counter()
@@ -160,9 +165,12 @@ class ImageNetPrior(nn.Module):
             sel = (level == k).nonzero().flatten()
             if sel.numel() == 0:
                 continue
-            size = (max(1, round(h * s)), max(1, round(w * s)))
-            x = F.interpolate(x0[None], size=size, mode="bilinear", align_corners=False, antialias=s < 1)
-            fmap = self.backbone(self.backbone.normalize(x))
+            if mid is not None and abs(mid[0] - s) < 1e-9:
+                fmap = self.backbone.forward_from_mid(mid[1])
+            else:
+                size = (max(1, round(h * s)), max(1, round(w * s)))
+                x = F.interpolate(x0[None], size=size, mode="bilinear", align_corners=False, antialias=s < 1)
+                fmap = self.backbone(self.backbone.normalize(x))
             win = context_boxes(boxes[sel], size=self.crop_size, padding=self.context_padding)
             rois = torch.cat([win.new_zeros((win.shape[0], 1)), win * (s / spec.feature_stride)], 1)
             cells = roi_align(fmap, rois, output_size=self.roi_size, spatial_scale=1.0, sampling_ratio=2,
@@ -190,12 +198,13 @@ class ImageNetPrior(nn.Module):
         logits = self.classifier(self.backbone(self.backbone.normalize(x)).mean((2, 3)))
         return (logits.float().softmax(-1) @ self.fold).cpu()[0]
 
-    def predict(self, image_rgb: np.ndarray, boxes: Tensor) -> Tensor:
+    def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, mid: tuple[float, Tensor] | None = None) -> Tensor:
         """DET-200 probabilities of every box from the ImageNet classifier: ``Tensor[N, 201]``, CPU float; column
-        ``c`` sums the softmax over the synsets of class ``c``, column 0 over the synsets of no DET class."""
+        ``c`` sums the softmax over the synsets of class ``c``, column 0 over the synsets of no DET class.
+        ``mid``: a level's stride-16 map already computed (:meth:`logits`)."""
         if boxes.shape[0] == 0:
             return torch.zeros(0, 201)
-        return (self.logits(image_rgb, boxes).float().softmax(-1) @ self.fold).cpu()
+        return (self.logits(image_rgb, boxes, mid=mid).float().softmax(-1) @ self.fold).cpu()
 
 
 def build_imagenet_prior(*, backbone: str = "lite0", weights="imagenet", levels: tuple[int, ...] = (600, 300),

@@ -32,7 +32,7 @@ from detection.models.backbones import Backbone
 
 __all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
            "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
-           "load_stages_state_dict"]
+           "load_stages_state_dict", "trunk_fingerprint"]
 
 MODES = ("roi", "warp")
 ROI_LAYERS = ("last", "stem")
@@ -244,6 +244,9 @@ class RegionEnsemble(nn.Module):
         self.class_boxes: dict | None = None
         self.last_seconds: dict = {}  # where the last member_logits call spent its time
         self.fused = False  # set by fuse_for_inference (then it cannot train or be saved)
+        # what the shared trunk computes: the backbone and the fine-tuned stages' weights (load_ensemble and
+        # trunk_fingerprint set it); a MultiBox head trained on these maps carries the same id
+        self.trunk_id = f"{cfg.backbone}:imagenet" if not cfg.trainable_stages else ""
 
     @property
     def device(self) -> torch.device:
@@ -277,6 +280,21 @@ class RegionEnsemble(nn.Module):
         if self.cfg.roi_layer == "stem":
             return split_backbone(bb)[0](x)
         return bb(x)
+
+    def trunk_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass of the shared trunk over images ``[B, 3, h, w]``: (the map proposals are pooled from, stride 32;
+        the stride-16 map taken on the way, ``spec.mid_layer``) -- what a shared-trunk MultiBox head reads."""
+        if self.cfg.mode != "roi" or self.cfg.roi_layer != "stem" or not self.cfg.shared_trunk:
+            raise ValueError("trunk_maps needs a shared-trunk roi-mode model pooling the stem map "
+                             f"(mode=roi, roi_layer=stem, shared_trunk=true); this one has {self.cfg}")
+        bb = self.backbones[0]
+        taken: list[Tensor] = []
+        hook = bb.features.get_submodule(bb.spec.mid_layer).register_forward_hook(lambda _m, _i, o: taken.append(o))
+        try:
+            last = self.roi_map(x)
+        finally:
+            hook.remove()
+        return last, taken[-1]
 
     # ------------------------------------------------------------------ inputs
 
@@ -324,7 +342,8 @@ class RegionEnsemble(nn.Module):
 
     @torch.inference_mode()
     def member_logits(self, image_rgb: np.ndarray, boxes: Tensor, *, batch_size: int = 64, flip: bool = False,
-                      image_sizes: list[int] | tuple[int, ...] | None = None) -> Tensor:
+                      image_sizes: list[int] | tuple[int, ...] | None = None,
+                      view: tuple[Tensor, float, Tensor] | None = None) -> Tensor:
         """Logits of every member for one image's proposals: ``Tensor[M, N, classes]``.
 
         ``flip``: also classify the mirror image (the network input flipped left to right, the boxes mirrored with
@@ -341,8 +360,12 @@ class RegionEnsemble(nn.Module):
         mirrored = mirror_boxes(boxes, float(w)) if flip else None
 
         def views_at(size, b, mb) -> Tensor:  # [V, M, n, classes] of boxes b (mirrored: mb) at one level
-            x, scale = self.prepare_image(image_rgb, size)
-            out = [self._view_logits(x, b, scale, batch_size, seconds)]
+            fmap = None
+            if view is not None and size in (None, self.cfg.image_size):
+                x, scale, fmap = view
+            else:
+                x, scale = self.prepare_image(image_rgb, size)
+            out = [self._view_logits(x, b, scale, batch_size, seconds, fmap=fmap)]
             if flip:
                 t = time.perf_counter()
                 out.append(self._view_logits(x.flip(-1), mb, scale, batch_size, seconds))
@@ -376,8 +399,10 @@ class RegionEnsemble(nn.Module):
         if len(image_sizes) == 0 or any(int(v) < 1 for v in image_sizes):
             raise ValueError(f"image_sizes must be positive shorter sides, got {list(image_sizes)}")
 
-    def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict) -> Tensor:
-        """One view's ``[M, N, classes]``; adds its time per part to ``seconds``."""
+    def _view_logits(self, x: Tensor, boxes: Tensor, scale: float, batch_size: int, seconds: dict,
+                     fmap: Tensor | None = None) -> Tensor:
+        """One view's ``[M, N, classes]``; adds its time per part to ``seconds``.  ``fmap``: the shared trunk's roi
+        map of ``x``, already computed (roi mode)."""
         import time
 
         t0 = time.perf_counter()
@@ -391,7 +416,8 @@ class RegionEnsemble(nn.Module):
             for m in range(M):
                 key = 0 if self.cfg.shared_trunk else m
                 if key not in pooled:
-                    pooled[key] = roi_pool(self.roi_map(x[None], m), rois, roi_size=self.cfg.roi_size)
+                    f = fmap if fmap is not None and key == 0 else self.roi_map(x[None], m)
+                    pooled[key] = roi_pool(f, rois, roi_size=self.cfg.roi_size)
                 t = time.perf_counter()
                 out[m] = self.heads[m](pooled[key])
                 t_heads += time.perf_counter() - t
@@ -411,13 +437,14 @@ class RegionEnsemble(nn.Module):
         return out
 
     def predict(self, image_rgb: np.ndarray, boxes: Tensor, *, members: int | None = None, flip: bool = False,
-                image_sizes: list[int] | tuple[int, ...] | None = None) -> Tensor:
+                image_sizes: list[int] | tuple[int, ...] | None = None,
+                view: tuple[Tensor, float, Tensor] | None = None) -> Tensor:
         """Averaged softmax of the first ``members`` members (all by default): ``Tensor[N, classes]``, CPU float.
         ``flip``: the average also takes in every member's softmax on the mirror image (2 x members views).
-        ``image_sizes``: multi-scale testing (:meth:`member_logits`)."""
+        ``image_sizes``: multi-scale testing, ``view``: a trunk pass already made (:meth:`member_logits`)."""
         if members is not None and not 1 <= members <= self.cfg.members:
             raise ValueError(f"members must be in 1..{self.cfg.members}, got {members}")
-        logits = self.member_logits(image_rgb, boxes, flip=flip, image_sizes=image_sizes)
+        logits = self.member_logits(image_rgb, boxes, flip=flip, image_sizes=image_sizes, view=view)
         if not flip:
             logits = logits[None]
         logits = logits[:, :members] if members is not None else logits
@@ -425,6 +452,19 @@ class RegionEnsemble(nn.Module):
 
 
 # ------------------------------------------------------------------ persistence
+
+
+def trunk_fingerprint(backbone: str, stages: dict[str, Tensor]) -> str:
+    """``"<backbone>:<sha1 prefix>"`` of fine-tuned trunk stages (:func:`stages_state_dict`): names, dtypes and
+    values.  Two models with the same fingerprint compute the same trunk maps."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in sorted(stages):
+        v = stages[k].detach().cpu().contiguous()
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    return f"{backbone}:{h.hexdigest()[:16]}"
 
 
 def default_region_model_path():
@@ -495,6 +535,7 @@ def load_ensemble(path=None, *, backbone_weights: str | None = "imagenet", devic
         if blob.get("trunk_stages") is None:
             raise ValueError(f"{path}: trainable_stages={cfg.trainable_stages} but the file has no trunk weights")
         load_stages_state_dict(model.backbones[0], blob["trunk_stages"])
+        model.trunk_id = trunk_fingerprint(cfg.backbone, blob["trunk_stages"])
     model.heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["heads"].items()})
     model.record = blob.get("record", {})
     model.class_boxes = model.record.get("class_boxes")

@@ -20,7 +20,10 @@ from torchvision.ops import roi_align
 
 from detection.models.backbones import Backbone, build_backbone
 
-__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "crop_windows", "save_multibox", "load_multibox"]
+__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "save_multibox",
+           "load_multibox", "multibox_trunk"]
+
+TRUNKS = ("own", "region")
 
 
 @dataclass
@@ -39,6 +42,17 @@ class MultiBoxConfig:
     hidden: int = 192
     global_dim: int = 128
     prior_embed_dim: int = 32
+    # "own": the network runs its own backbone on ``input_size`` warps of the image (and crops);
+    # "region": the head reads the region classifiers' trunk maps at their image scale (their stride-32 map before
+    # the last block, and the stride-16 map on the way): one trunk pass serves both stages (Faster R-CNN's shared
+    # features); ``input_size`` and crops do not apply
+    trunk: str = "own"
+
+    def __post_init__(self) -> None:
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"MultiBoxConfig.trunk must be one of {TRUNKS}, got {self.trunk!r}")
+        if self.trunk == "region" and not self.mid_level:
+            raise ValueError("MultiBoxConfig.trunk='region' reads the stride-16 map too: mid_level must be true")
 
 
 class MultiBoxHead(nn.Module):
@@ -166,6 +180,41 @@ class MultiBox(nn.Module):
         return b[order], scores[order]
 
 
+class SharedMultiBox(nn.Module):
+    """A MultiBox head on the region classifiers' trunk maps (``cfg.trunk == "region"``): no backbone of its own.
+
+    ``trunk_id`` names the trunk it was trained on (:attr:`RegionEnsemble.trunk_id
+    <detection.models.region.RegionEnsemble.trunk_id>`); its boxes are only meaningful on maps of that trunk, so the
+    detector and :class:`proposals.pipeline.MultiBoxSource` check it.
+    """
+
+    def __init__(self, *, cfg: MultiBoxConfig, priors: Tensor, trunk_id: str = ""):
+        super().__init__()
+        from detection.models.backbones import backbone_spec
+
+        if cfg.trunk != "region":
+            raise ValueError(f"SharedMultiBox needs MultiBoxConfig.trunk='region', got {cfg.trunk!r}")
+        if priors.shape != (cfg.num_priors, 4):
+            raise ValueError(f"priors must be [{cfg.num_priors}, 4], got {tuple(priors.shape)}")
+        spec = backbone_spec(cfg.backbone)
+        self.cfg = cfg
+        self.trunk_id = trunk_id
+        self.head = MultiBoxHead(in_channels=spec.stem_channels, cfg=cfg, mid_channels=spec.mid_channels)
+        self.register_buffer("priors", priors.float().clone())
+
+    def forward(self, last: Tensor, mid: Tensor) -> tuple[Tensor, Tensor]:
+        """Trunk maps ``[B, C, h, w]`` (stride 32) and ``[B, C_mid, ~2h, ~2w]`` (stride 16) -> (boxes ``[B, K, 4]``
+        normalised xyxy, logits ``[B, K]``)."""
+        return self.head(last, self.priors, mid)
+
+    @torch.inference_mode()
+    def propose_from_maps(self, last: Tensor, mid: Tensor, *, width: int, height: int) -> tuple[Tensor, Tensor]:
+        """All K boxes of one image in its pixels (``Tensor[K, 4]`` xyxy, clipped, best first, on the CPU) and their
+        confidences, from that image's trunk maps (batch of one)."""
+        boxes, logits = self(last, mid)
+        return to_pixel_boxes(boxes[0], logits[0], width=width, height=height, top_k=None)
+
+
 def crop_windows(width: int, height: int, *, levels: Sequence[Sequence[float]] = ()
                  ) -> list[tuple[int, int, int, int]]:
     """The whole image, then for each level ``(grid, fraction)``: ``grid x grid`` windows each ``fraction`` of the
@@ -211,7 +260,8 @@ def _to_pixels(boxes: Tensor, scale: Tensor, offset: Tensor | float = 0.0) -> Te
 def save_multibox(model: MultiBox, path: str | os.PathLike, *, record: dict | None = None) -> None:
     """Save head + priors + config + training record (the trunk is rebuilt from its own weights), half precision."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.head.state_dict().items()}
-    blob = {"config": asdict(model.cfg), "priors": model.priors.cpu(), "head": state, "record": record or {}}
+    blob = {"config": asdict(model.cfg), "priors": model.priors.cpu(), "head": state, "record": record or {},
+            "trunk_id": getattr(model, "trunk_id", "")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -219,14 +269,26 @@ def save_multibox(model: MultiBox, path: str | os.PathLike, *, record: dict | No
     tmp.replace(path)
 
 
-def load_multibox(path: str | os.PathLike, *, backbone_weights: str | None = "imagenet") -> MultiBox:
-    """Load a model saved by :func:`save_multibox` (``weights_only=True``); the backbone gets ``backbone_weights``."""
+def multibox_trunk(path: str | os.PathLike) -> str:
+    """The ``trunk`` of a saved MultiBox file (``"own"`` or ``"region"``), without building it."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return blob["config"].get("trunk", "own")
+
+
+def load_multibox(path: str | os.PathLike, *, backbone_weights: str | None = "imagenet"
+                  ) -> "MultiBox | SharedMultiBox":
+    """Load a model saved by :func:`save_multibox` (``weights_only=True``): a :class:`MultiBox` (its backbone gets
+    ``backbone_weights``) or, for ``trunk="region"``, a :class:`SharedMultiBox`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MultiBox model not found")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = MultiBoxConfig(**blob["config"])
-    model = MultiBox(backbone=build_backbone(cfg.backbone, weights=backbone_weights), cfg=cfg, priors=blob["priors"])
+    cfg = MultiBoxConfig(**{"trunk": "own", **blob["config"]})  # (files from before the trunk setting: own)
+    if cfg.trunk == "region":
+        model = SharedMultiBox(cfg=cfg, priors=blob["priors"], trunk_id=blob.get("trunk_id", ""))
+    else:
+        model = MultiBox(backbone=build_backbone(cfg.backbone, weights=backbone_weights), cfg=cfg,
+                         priors=blob["priors"])
     model.head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["head"].items()})
     model.record = blob.get("record", {})
     return model.eval()

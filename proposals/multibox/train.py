@@ -24,7 +24,8 @@ from proposals.multibox.loss import multibox_loss
 from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox, to_pixel_boxes
 from proposals.multibox.priors import kmeans_priors
 
-__all__ = ["TrainSettings", "FeatureSet", "compute_features", "train_multibox", "evaluate_recall"]
+__all__ = ["TrainSettings", "FeatureSet", "compute_features", "compute_region_features", "train_multibox",
+           "evaluate_recall"]
 
 CHUNK = 128
 
@@ -45,17 +46,46 @@ class TrainSettings:
 class FeatureSet:
     """Frozen-trunk features of a dataset: ``feats [N, C, s, s]`` fp16, ``gts[i]`` normalised xyxy ``[G_i, 4]``,
     ``sizes[i] = (width, height)``, ``ids[i]`` image id; ``mids [N, C_mid, 2s, 2s]`` fp16, the stride-16 maps, for
-    heads that read them (else ``None``)."""
+    heads that read them (else ``None``).
 
-    feats: Tensor
+    Maps of the region classifiers' trunk (``trunk="region"``) keep each photo's aspect ratio, so their sizes
+    differ: ``feats`` and ``mids`` are then lists of ``[C, h_i, w_i]`` tensors, and :meth:`batches` groups
+    photos of one map size."""
+
+    feats: Tensor | list[Tensor]
     gts: list[Tensor]
     sizes: list[tuple[int, int]]
     ids: list[str]
-    mids: Tensor | None = None
+    mids: Tensor | list[Tensor] | None = None
 
     def maps(self, sel) -> tuple[Tensor, Tensor | None]:
-        """(last maps, stride-16 maps or ``None``) of the images ``sel``, as float32."""
+        """(last maps, stride-16 maps or ``None``) of the images ``sel`` (one map size), as float32."""
+        sel = [int(i) for i in sel]
+        if isinstance(self.feats, list):
+            shapes = {tuple(self.feats[i].shape) for i in sel}
+            if len(shapes) > 1:
+                raise ValueError(f"maps of different sizes in one batch: {sorted(shapes)} (use batches())")
+            return (torch.stack([self.feats[i] for i in sel]).float(),
+                    torch.stack([self.mids[i] for i in sel]).float() if self.mids is not None else None)
         return self.feats[sel].float(), self.mids[sel].float() if self.mids is not None else None
+
+    def batches(self, order, batch_size: int) -> list[list[int]]:
+        """The images ``order`` in batches of at most ``batch_size`` that share one map size, in order of each
+        batch's first image (all maps one size: plain consecutive slices)."""
+        order = [int(i) for i in order]
+        if not isinstance(self.feats, list):
+            return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        open_: dict[tuple, list[int]] = {}
+        out: list[list[int]] = []
+        for i in order:
+            key = tuple(self.feats[i].shape) + (tuple(self.mids[i].shape) if self.mids is not None else ())
+            b = open_.setdefault(key, [])
+            if not b:
+                out.append(b)
+            b.append(i)
+            if len(b) == batch_size:
+                del open_[key]
+        return out
 
 
 def _flip_boxes(g: Tensor) -> Tensor:
@@ -126,6 +156,57 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
                       mids=torch.cat([c["mids"] for c in chunks]) if has_mid else None)
 
 
+@torch.inference_mode()
+def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: str | Path,
+                            progress: bool = True) -> FeatureSet:
+    """The region classifiers' trunk maps of every image at their image scale (:meth:`RegionEnsemble.trunk_maps
+    <detection.models.region.RegionEnsemble.trunk_maps>`), what a shared-trunk MultiBox head reads at test time;
+    cached in chunks under ``cache_dir`` keyed by the trunk's fingerprint and the images (a restart reuses them).
+
+    Images that cannot be decoded are reported and left out."""
+    c = ensemble.cfg
+    key = settings_hash("multibox-region-features", {
+        "dataset": dataset.name, "n": len(dataset), "trunk": ensemble.trunk_id, "image_size": c.image_size,
+        "max_image_size": c.max_image_size, "max_upscale": c.max_upscale,
+        "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
+    out_dir = Path(cache_dir) / f"{dataset.name}-region-{key}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ensemble.eval()
+    chunks = []
+    n_chunks = math.ceil(len(dataset) / CHUNK)
+    bar = {} if progress else {"disable": True}
+    for ci in progress_bar(range(n_chunks), desc=f"trunk maps {dataset.name}", unit="chunk", **bar):
+        path = out_dir / f"chunk{ci:05d}.pt"
+        if path.exists():
+            chunks.append(torch.load(path, weights_only=True))
+            continue
+        feats, mids, gts, sizes, ids, skipped = [], [], [], [], [], []
+        for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
+            try:
+                img = read_image_rgb(r.path)
+            except ImageDecodeError as e:
+                skipped.append(str(e))
+                continue
+            x, _ = ensemble.prepare_image(img)
+            last, mid = ensemble.trunk_maps(x[None])
+            feats.append(last[0].half().contiguous().cpu())
+            mids.append(mid[0].half().contiguous().cpu())
+            gts.append(r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height]))
+            sizes.append((r.width, r.height))
+            ids.append(r.image_id)
+        chunk = {"feats": feats, "mids": mids, "gts": gts, "sizes": sizes, "ids": ids, "skipped": skipped}
+        tmp = path.with_suffix(".tmp")
+        torch.save(chunk, tmp)
+        tmp.replace(path)
+        chunks.append(chunk)
+    for ch in chunks:
+        for msg in ch["skipped"]:
+            print(f"trunk maps: skipped {msg}")
+    return FeatureSet(feats=[f for ch in chunks for f in ch["feats"]], gts=[g for ch in chunks for g in ch["gts"]],
+                      sizes=[tuple(sz) for ch in chunks for sz in ch["sizes"]], ids=[i for ch in chunks for i in ch["ids"]],
+                      mids=[m for ch in chunks for m in ch["mids"]])
+
+
 def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
     """k-means priors from the normalised training boxes and their mirror images (MultiBox's outputs are mirrored
     in training, so the priors should be left-right symmetric too)."""
@@ -138,10 +219,8 @@ def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
 def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_size: int = 64) -> dict:
     """Recall of ground truth at IoU 0.5 / 0.7 by the top-k boxes of each image."""
     model.eval()
-    idx = list(range(len(features.ids)))
     props, gts = [], []
-    for s in range(0, len(idx), batch_size):
-        sel = idx[s:s + batch_size]
+    for sel in features.batches(range(len(features.ids)), batch_size):
         last, mid = features.maps(sel)
         boxes, logits = model.head(last, model.priors, mid)
         for j, i in enumerate(sel):
@@ -164,7 +243,7 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
     ckpt_path = out_dir / "last.ckpt"
     head = model.head
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train.ids) / settings.batch_size)
+    steps_per_epoch = len(train.batches(range(len(train.ids)), settings.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
                                                 pct_start=0.1)
     record = {"settings": asdict(settings), "config": asdict(model.cfg), "epochs": [], "train_images": len(train.ids)}
@@ -186,11 +265,11 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         perm = torch.randperm(len(train.ids), generator=gen)
         tot = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
         bar = {} if progress else {"disable": True}
-        for s in progress_bar(range(0, len(perm), settings.batch_size), desc=f"epoch {epoch + 1}/{settings.epochs}",
-                      unit="batch", leave=False, **bar):
-            sel = perm[s:s + settings.batch_size]
+        batches = train.batches(perm.tolist(), settings.batch_size)
+        for sel in progress_bar(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", leave=False,
+                                **bar):
             x, mid = train.maps(sel)
-            gts = [train.gts[i] for i in sel.tolist()]
+            gts = [train.gts[i] for i in sel]
             if settings.flip:
                 mirror = torch.rand(len(sel), generator=gen) < 0.5
                 x = torch.where(mirror[:, None, None, None], x.flip(-1), x)

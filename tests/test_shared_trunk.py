@@ -1,0 +1,233 @@
+"""One trunk pass per photo: the MultiBox head on the region classifiers' trunk maps, the classifiers and the ImageNet
+prior reading the same pass, selective search beside it, and the thread settings reaching both stages."""
+import numpy as np
+import pytest
+import torch
+
+from proposals.multibox.model import MultiBoxConfig, SharedMultiBox, load_multibox, save_multibox
+from proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
+
+TINY = dict(num_priors=12, reduce_channels=8, hidden=16, global_dim=8, prior_embed_dim=4, roi_size=2, mid_level=True,
+            trunk="region")
+
+
+def tiny_priors(k=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(k, 2, generator=g) * 0.5
+    return torch.cat([xy, xy + 0.2 + torch.rand(k, 2, generator=g) * 0.3], 1)
+
+
+def shared_head(trunk_id="lite0:test", seed=0):
+    torch.manual_seed(seed)
+    m = SharedMultiBox(cfg=MultiBoxConfig(**TINY), priors=tiny_priors(), trunk_id=trunk_id).eval()
+    with torch.no_grad():  # away from the priors, so that boxes differ from them
+        m.head.delta.weight.normal_(std=0.05)
+        m.head.conf.weight.normal_(std=0.5)
+    return m
+
+
+def test_region_trunk_needs_the_stride16_map_and_a_known_trunk():
+    with pytest.raises(ValueError, match="mid_level must be true"):
+        MultiBoxConfig(trunk="region", mid_level=False)
+    with pytest.raises(ValueError, match="trunk must be one of"):
+        MultiBoxConfig(trunk="shared")
+
+
+def test_shared_head_saves_and_loads_with_its_trunk_id(tmp_path):
+    m = shared_head("lite0:abc")
+    save_multibox(m, tmp_path / "mb.pt")
+    back = load_multibox(tmp_path / "mb.pt")
+    assert isinstance(back, SharedMultiBox) and back.trunk_id == "lite0:abc" and back.cfg.trunk == "region"
+    last, mid = torch.randn(1, 320, 5, 7), torch.randn(1, 112, 10, 14)
+    b0, s0 = m.propose_from_maps(last, mid, width=224, height=160)
+    b1, s1 = back.propose_from_maps(last, mid, width=224, height=160)
+    torch.testing.assert_close(b0, b1, atol=0.05, rtol=0)  # pixels (the file keeps the head in half precision)
+    assert (s0[:-1] >= s0[1:]).all() and b0.shape == (12, 4)
+    assert (b0[:, 0] >= 0).all() and (b0[:, 2] <= 224).all() and (b0[:, 3] <= 160).all()
+
+
+def test_feature_batches_group_one_map_size_and_count_as_ceil_per_size():
+    sizes = [(5, 7)] * 5 + [(7, 5)] * 3 + [(6, 6)]
+    fs = FeatureSet(feats=[torch.zeros(4, h, w) for h, w in sizes], gts=[torch.zeros(0, 4)] * 9,
+                    sizes=[(1, 1)] * 9, ids=[str(i) for i in range(9)],
+                    mids=[torch.zeros(2, 2 * h, 2 * w) for h, w in sizes])
+    order = [8, 0, 5, 1, 2, 6, 3, 7, 4]
+    batches = fs.batches(order, 2)
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert all(len({sizes[i] for i in b}) == 1 and len(b) <= 2 for b in batches)
+    assert len(batches) == 3 + 2 + 1  # ceil(5/2) + ceil(3/2) + 1, whatever the order
+    assert batches[0] == [8] and batches[1] == [0, 1]
+    with pytest.raises(ValueError, match="different sizes"):
+        fs.maps([0, 5])
+    last, mid = fs.maps([5, 6])
+    assert last.shape == (2, 4, 7, 5) and mid.shape == (2, 2, 14, 10)
+
+
+def test_training_on_maps_of_several_sizes_lowers_the_loss_and_resumes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sizes = [(3, 4), (4, 3), (3, 4), (4, 3), (3, 4), (4, 4)]
+    gts = [tiny_priors(2, seed=i)[:1 + i % 2] for i in range(6)]
+    feats = [torch.randn(320, h, w, generator=g).half() for h, w in sizes]
+    # a map that says where its object is: the mean of the box's cells is raised
+    for f, gt in zip(feats, gts):
+        h, w = f.shape[1:]
+        for x0, y0, x1, y1 in gt.tolist():
+            f[:8, int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)), int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))] += 3
+    fs = FeatureSet(feats=feats, gts=gts, sizes=[(128, 96)] * 6, ids=[str(i) for i in range(6)],
+                    mids=[torch.randn(112, 2 * h, 2 * w, generator=g).half() for h, w in sizes])
+    settings = TrainSettings(epochs=4, batch_size=2, lr=3e-3)
+    m = shared_head()
+    rec = train_multibox(m, fs, settings=settings, out_dir=tmp_path / "a", progress=False, log=lambda *_: None)
+    losses = [e["loss"] for e in rec["epochs"]]
+    assert losses[-1] < losses[0]
+    # killed during epoch 2 (its log line raises before its checkpoint), then run again: the same head
+    class Stop(Exception):
+        pass
+
+    def stop_at_second(msg, calls=[]):
+        calls.append(msg)
+        if len(calls) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_multibox(shared_head(), fs, settings=settings, out_dir=tmp_path / "b", progress=False,
+                       log=stop_at_second)
+    torch.manual_seed(123)  # a fresh process: another global RNG state
+    resumed = shared_head()
+    msgs = []
+    rec2 = train_multibox(resumed, fs, settings=settings, out_dir=tmp_path / "b", progress=False, log=msgs.append)
+    assert msgs[0].startswith("resumed from") and len(rec2["epochs"]) == 4
+    for p, q in zip(m.head.state_dict().values(), resumed.head.state_dict().values()):
+        torch.testing.assert_close(p, q)
+
+
+# ------------------------------------------------------------------ on the embedded classifiers' trunk
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    from detection.models.region import load_ensemble
+
+    return load_ensemble().fuse_for_inference()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+def test_trunk_maps_are_the_roi_map_and_the_stride16_map_of_one_pass(ensemble, photo):
+    x, _ = ensemble.prepare_image(photo)
+    with torch.inference_mode():
+        last, mid = ensemble.trunk_maps(x[None])
+        torch.testing.assert_close(last, ensemble.roi_map(x[None]))
+        mid_alone = ensemble.backbones[0].forward_levels(x[None])[0]
+    torch.testing.assert_close(mid, mid_alone)
+    assert last.shape[1] == 320 and mid.shape[1] == 112
+    assert (mid.shape[-1] + 1) // 2 == last.shape[-1] and (mid.shape[-2] + 1) // 2 == last.shape[-2]  # strides 16, 32
+
+
+def test_classifiers_reuse_a_given_pass_exactly(ensemble, photo):
+    boxes = torch.tensor([[60.0, 20, 420, 300], [10, 10, 100, 120], [200, 50, 440, 280]])
+    x, scale = ensemble.prepare_image(photo)
+    with torch.inference_mode():
+        last, _ = ensemble.trunk_maps(x[None])
+    for flip in (False, True):
+        want = ensemble.predict(photo, boxes, flip=flip)
+        got = ensemble.predict(photo, boxes, flip=flip, view=(x, scale, last))
+        torch.testing.assert_close(got, want)
+
+
+def test_backbone_continues_from_the_stride16_map():
+    from detection.models.backbones import build_backbone, fold_batchnorm
+
+    bb = build_backbone("lite0", weights=None).eval()
+    fold_batchnorm(bb)
+    x = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        mid, last = bb.forward_levels(x)
+        torch.testing.assert_close(bb.forward_from_mid(mid), last)
+
+
+@pytest.fixture(scope="module")
+def shared_file(tmp_path_factory, ensemble):
+    path = tmp_path_factory.mktemp("mb") / "shared.pt"
+    save_multibox(shared_head(ensemble.trunk_id), path)
+    return path
+
+
+def test_source_on_its_own_pass_equals_the_detectors_shared_pass(shared_file, photo):
+    """The shared-feature MultiBox gives the same boxes from the detector's trunk pass as from its own."""
+    from detection import load_detector
+    from proposals.pipeline import load_proposal_settings
+
+    settings = load_proposal_settings("paper")
+    settings.multibox.model = str(shared_file)
+    det = load_detector(proposals=settings, imagenet_prior=False, flip=False)
+    assert det.shared_multibox is not None
+    own_boxes, own_scores = det.proposals.mb(photo)
+    seconds = {}
+    boxes, source, view, mid = det._propose_shared(photo, seconds)
+    want_boxes, want_source = det.proposals.merge(det.proposals.ss(photo)[0], own_boxes, own_scores)
+    torch.testing.assert_close(boxes, want_boxes)
+    assert torch.equal(source, want_source) and int((source == 1).sum()) == 12
+    assert {"trunk", "multibox", "selective_search"} <= set(seconds)
+    # the detection from the shared pass equals the detection from the same proposals given as boxes
+    r_shared = det.detect(photo)
+    r_boxes = det.detect(photo, boxes=want_boxes, source=want_source)
+    torch.testing.assert_close(r_shared.scores, r_boxes.scores)
+    assert torch.equal(r_shared.labels, r_boxes.labels)
+
+
+def test_overlap_and_thread_settings_reach_both_stages(shared_file, photo):
+    from detection import load_detector
+    from proposals.pipeline import load_proposal_settings
+
+    settings = load_proposal_settings("paper")
+    settings.multibox.model = str(shared_file)
+    before = torch.get_num_threads()
+    try:
+        det = load_detector(proposals=settings, imagenet_prior=False, flip=False, threads=1, overlap_proposals=False)
+        assert torch.get_num_threads() == 1 and det.settings.threads == 1
+        import cv2
+
+        assert cv2.getNumThreads() == 1
+        serial = det.detect(photo)
+        assert "selective_search_wait" not in serial.seconds
+        det.settings.overlap_proposals = True
+        overlapped = det.detect(photo)
+        assert "selective_search_wait" in overlapped.seconds
+        torch.testing.assert_close(overlapped.scores, serial.scores)
+        torch.testing.assert_close(overlapped.boxes, serial.boxes)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        load_detector(threads=0)
+
+
+def test_a_head_of_another_trunk_is_refused(tmp_path, ensemble):
+    from detection import load_detector
+    from proposals.pipeline import MultiBoxSource, load_proposal_settings
+
+    path = tmp_path / "other.pt"
+    save_multibox(shared_head("lite0:0123456789abcdef"), path)
+    settings = load_proposal_settings("paper")
+    settings.multibox.model = str(path)
+    with pytest.raises(ValueError, match="retrain it on their maps"):
+        load_detector(proposals=settings, imagenet_prior=False)
+    with pytest.raises(ValueError, match="takes no crops"):
+        MultiBoxSource(path, crops=[[2, 0.6]])
+
+
+def test_imagenet_prior_continues_from_the_classifiers_pass(photo):
+    from detection import load_detector
+
+    det = load_detector(flip=False)
+    assert det.prior_shares_mid
+    boxes = torch.tensor([[60.0, 20, 420, 300], [10, 10, 100, 120], [0, 0, 451, 300]])
+    x, scale = det.classifier.prepare_image(photo)
+    with torch.inference_mode():
+        _, mid = det.classifier.trunk_maps(x[None])
+    torch.testing.assert_close(det.prior.predict(photo, boxes, mid=(scale, mid)), det.prior.predict(photo, boxes))

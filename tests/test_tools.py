@@ -32,6 +32,21 @@ def test_rewrite_argv():
     assert hs.rewrite_argv(["dataset=voc", "dataset.root=/x"]) == ["dataset=voc", "dataset.root=/x"]
 
 
+def test_threads_option_sets_the_process_threads_and_leaves_hydras_arguments():
+    import cv2
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert hs.rewrite_argv(["--threads", "1", "--split", "val"]) == ["dataset=val"]
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+        assert hs.rewrite_argv(["x=1", "--threads=2"]) == ["x=1"] and torch.get_num_threads() == 2
+        with pytest.raises(SystemExit, match="positive whole number"):
+            hs.rewrite_argv(["--threads", "0"])
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_dataset_config_composes(dataset):
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):

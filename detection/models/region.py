@@ -28,7 +28,7 @@ from torchvision.ops import roi_align
 
 from detection.boxes import mirror_boxes
 from detection.crops import context_boxes, warp_crops
-from detection.models.backbones import Backbone
+from detection.models.backbones import Backbone, is_lite
 
 __all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
            "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
@@ -148,14 +148,14 @@ class PooledHead(nn.Module):
 def split_backbone(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
     """(stem, neck): ``backbone.features`` cut before its last block (lite0: ``conv_head`` + BN; googlenet:
     ``inception5b``).  Training caches the stem's output and runs the neck on the fly (a quarter of the bytes)."""
-    n = 2 if backbone.spec.name == "lite0" else 1
+    n = 2 if is_lite(backbone.spec.name) else 1
     layers = list(backbone.features.children())
     return nn.Sequential(*layers[:-n]), nn.Sequential(*layers[-n:])
 
 
 def _stem_children(backbone: Backbone) -> list[tuple[str, nn.Module]]:
     """The stem's layers with their names in ``backbone.features`` (lite0's ``blocks`` expanded: ``blocks.i``)."""
-    n = 2 if backbone.spec.name == "lite0" else 1
+    n = 2 if is_lite(backbone.spec.name) else 1
     out: list[tuple[str, nn.Module]] = []
     for name, mod in list(backbone.features.named_children())[:-n]:
         if name == "blocks":

@@ -246,10 +246,10 @@ class Detector:
         t = time.perf_counter()
         with torch.inference_mode():
             x, scale = clf.prepare_image(image_rgb)
-            last, mid = clf.trunk_maps(x[None])
+            last, mid, *fine = clf.trunk_maps(x[None], fine=self.shared_multibox.fine_level)
             t_trunk = time.perf_counter()
             h, w = image_rgb.shape[:2]
-            mb_boxes, mb_scores = self.shared_multibox.from_maps(last, mid, width=w, height=h)
+            mb_boxes, mb_scores = self.shared_multibox.from_maps(last, mid, *fine, width=w, height=h)
         t_mb = time.perf_counter()
         ss_boxes, t_ss = future.result() if future is not None else run_ss()
         seconds.update(trunk=t_trunk - t, multibox=t_mb - t_trunk, selective_search=t_ss)

@@ -28,7 +28,7 @@ __all__ = ["run_key", "detect_sharded", "restrict_to_scored"]
 _SOURCES = ["detection/detector.py", "detection/crops.py", "detection/boxes.py", "detection/models/region.py",
             "detection/models/backbones.py", "detection/models/imagenet_prior.py", "detection/data/image_io.py",
             "detection/sharded.py",
-            "proposals/merge.py", "proposals/pipeline.py"]
+            "proposals/merge.py", "proposals/pipeline.py", "proposals/multibox/model.py"]
 SHARD_FORMAT = 2
 
 
@@ -46,7 +46,9 @@ def run_key(detector: Detector, dataset: DetectionDataset, shard_size: int) -> s
     h = hashlib.sha1()
     _tensor_digest(h, detector.classifier.state_dict())
     stage = detector.proposals
-    meta = {"settings": asdict(detector.settings), "classifier": asdict(detector.classifier.cfg),
+    # (how the work is scheduled does not change the detections: threads, overlap)
+    settings = {k: v for k, v in asdict(detector.settings).items() if k not in ("threads", "overlap_proposals")}
+    meta = {"settings": settings, "classifier": asdict(detector.classifier.cfg),
             "proposals": asdict(stage.settings) if stage is not None else None,
             "sources": {s.method: s.settings for s in stage.sources()} if stage is not None else None,
             "shard_size": shard_size,

@@ -150,9 +150,15 @@ class MultiBoxSource:
                              f"maps (tools/train_multibox.py region_model=<their file>) or give the matching "
                              f"proposals.multibox.model")
 
-    def from_maps(self, last: Tensor, mid: Tensor, *, width: int, height: int) -> tuple[Tensor, Tensor]:
+    @property
+    def fine_level(self) -> bool:
+        """True when the (shared) head also reads the trunk's stride-8 map."""
+        return bool(getattr(self.model().cfg, "fine_level", False))
+
+    def from_maps(self, last: Tensor, mid: Tensor, fine: Tensor | None = None, *, width: int, height: int
+                  ) -> tuple[Tensor, Tensor]:
         """A shared head's boxes (pixels, best first) and confidences from one image's trunk maps."""
-        return self.model().propose_from_maps(last, mid, width=width, height=height)
+        return self.model().propose_from_maps(last, mid, fine, width=width, height=height)
 
     @property
     def settings(self) -> dict:
@@ -175,9 +181,9 @@ class MultiBoxSource:
             self._ensemble = ens.fuse_for_inference()
         with torch.inference_mode():
             x, _ = self._ensemble.prepare_image(image_rgb)
-            last, mid = self._ensemble.trunk_maps(x[None])
+            maps = self._ensemble.trunk_maps(x[None], fine=self.fine_level)
         h, w = image_rgb.shape[:2]
-        return self.from_maps(last, mid, width=w, height=h)
+        return self.from_maps(*maps, width=w, height=h)
 
 
 class ProposalStage:

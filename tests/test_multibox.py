@@ -227,14 +227,15 @@ def test_drop_cut_removes_exactly_the_crop_boxes_at_inner_edges():
 
 @pytest.mark.slow
 def test_embedded_multibox_finds_the_cat():
-    """The shipped model (448 px, stride-16 + stride-32 maps, 800 priors) on a real photo it never saw."""
+    """The shipped head (on the region classifiers' trunk maps, 800 priors) on a real photo it never saw."""
     import skimage.data
     from torchvision.ops import box_iou
 
     from proposals.multibox import default_model_path, load_multibox
+    from proposals.pipeline import MultiBoxSource
 
     model = load_multibox(default_model_path())
-    assert model.cfg.mid_level and model.cfg.num_priors == 800 and model.record["train_images"] == 3887
-    boxes, scores = model.propose(skimage.data.chelsea(), top_k=5)
-    assert boxes.shape == (5, 4) and (scores[:-1] >= scores[1:]).all()
-    assert float(box_iou(boxes, torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat
+    assert model.cfg.trunk == "region" and model.cfg.num_priors == 800 and model.record["train_images"] == 3887
+    boxes, scores = MultiBoxSource()(skimage.data.chelsea())
+    assert boxes.shape == (800, 4) and (scores[:-1] >= scores[1:]).all()
+    assert float(box_iou(boxes[:5], torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat

@@ -145,17 +145,25 @@ def test_cache_roundtrip_stale_and_atomic(tmp_path):
     assert other.dir != c.dir
 
 
-def test_multibox_source_keys_its_cache_by_the_crop_settings_and_rejects_bad_ones():
+def test_multibox_source_keys_its_cache_by_the_crop_settings_and_rejects_bad_ones(tmp_path):
     import pickle
 
+    from detection.models.backbones import build_backbone
+    from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox
     from proposals.pipeline import MultiBoxSource
 
-    whole = MultiBoxSource()
-    crops = MultiBoxSource(crops=[[2, 0.6]])
-    cut = MultiBoxSource(crops=[[2, 0.6]], drop_cut=True)
+    own = tmp_path / "own.pt"  # a MultiBox with its own backbone: the one kind that takes crops
+    cfg = MultiBoxConfig(input_size=64, num_priors=4, reduce_channels=8, hidden=8, global_dim=4, prior_embed_dim=2)
+    save_multibox(MultiBox(backbone=build_backbone("lite0", weights=None), cfg=cfg, priors=torch.rand(4, 4)), own)
+    whole = MultiBoxSource(own)
+    crops = MultiBoxSource(own, crops=[[2, 0.6]])
+    cut = MultiBoxSource(own, crops=[[2, 0.6]], drop_cut=True)
     keys = {settings_hash("multibox", s.settings) for s in (whole, crops, cut)}
     assert len(keys) == 3  # a cache filled with one setting is never read for another
     assert whole.settings == {"model_sha1": file_sha1(whole.path)}  # whole-image caches keep their old key
     assert pickle.loads(pickle.dumps(cut)).settings == cut.settings  # what a worker process receives
+    assert not whole.shared and MultiBoxSource().shared  # the embedded head reads the classifiers' trunk
     with pytest.raises(ValueError, match="fraction"):
-        MultiBoxSource(crops=[[2, 1.5]])
+        MultiBoxSource(own, crops=[[2, 1.5]])
+    with pytest.raises(ValueError, match="takes no crops"):
+        MultiBoxSource(crops=[[2, 0.6]])

@@ -59,8 +59,8 @@ def test_feature_batches_group_one_map_size_and_count_as_ceil_per_size():
     assert batches[0] == [8] and batches[1] == [0, 1]
     with pytest.raises(ValueError, match="different sizes"):
         fs.maps([0, 5])
-    last, mid = fs.maps([5, 6])
-    assert last.shape == (2, 4, 7, 5) and mid.shape == (2, 2, 14, 10)
+    last, mid, fine = fs.maps([5, 6])
+    assert last.shape == (2, 4, 7, 5) and mid.shape == (2, 2, 14, 10) and fine is None
 
 
 def test_training_on_maps_of_several_sizes_lowers_the_loss_and_resumes(tmp_path):
@@ -231,3 +231,23 @@ def test_imagenet_prior_continues_from_the_classifiers_pass(photo):
     with torch.inference_mode():
         _, mid = det.classifier.trunk_maps(x[None])
     torch.testing.assert_close(det.prior.predict(photo, boxes, mid=(scale, mid)), det.prior.predict(photo, boxes))
+
+
+def test_fine_level_pools_small_priors_from_the_stride8_map_and_the_others_not():
+    priors = torch.tensor([[0.1, 0.1, 0.15, 0.15], [0.0, 0.0, 0.9, 0.9], [0.5, 0.5, 0.56, 0.58], [0.2, 0.3, 0.8, 0.7]])
+    cfg = MultiBoxConfig(**{**TINY, "num_priors": 4, "fine_level": True, "fine_cells": 4.0})
+    torch.manual_seed(0)
+    m = SharedMultiBox(cfg=cfg, priors=priors).eval()
+    with torch.no_grad():
+        m.head.delta.weight.normal_(std=0.1)
+    last, mid, fine = torch.randn(1, 320, 6, 8), torch.randn(1, 112, 12, 16), torch.randn(1, 40, 24, 32)
+    with torch.no_grad():
+        b0, l0 = m(last, mid, fine)
+        b1, l1 = m(last, mid, fine + torch.randn_like(fine))
+    # context windows on the 12 x 16 stride-16 map: priors 0 and 2 span under 4 cells, 1 and 3 far more
+    changed = ((b0 - b1).abs().amax(-1) > 0)[0] | ((l0 - l1).abs() > 0)[0]
+    assert changed.tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="stride-8 map too"):
+        m(last, mid)
+    with pytest.raises(ValueError, match="needs trunk='region'"):
+        MultiBoxConfig(fine_level=True)

@@ -9,10 +9,13 @@ scored on dev with the same proposals (ILSVRC protocol; six members and member 0
 ``--nms`` threshold).  Also printed: per dev
 object, whether its best well-localised proposal (IoU >= 0.5) outscores its best poorly-localised one
 (0.1 <= IoU < 0.5), and the seconds per training epoch.  Proposals are read from the cache only (fill it with
-``tools/extract_proposals.py --split train``); images without them are counted and left out.
+``tools/extract_proposals.py --split train``, or ``--extract`` for the images the run takes); images without them
+are counted and left out.
 
     python tools/ablate_finetune.py --stages 0 1 2 --epochs 3 --train-images 600 --dev-images 150
     python tools/ablate_finetune.py --stages 2 --fg-iou 0.5 0.6 0.7 --dev-every 5    # the positives' IoU threshold
+    python tools/ablate_finetune.py --backbones lite0 lite1 lite2 --stages 0 --members 1 \
+        --proposals-override proposals.multibox.top_k=0          # which trunk (selective search k x 2 alone)
 """
 from __future__ import annotations
 
@@ -87,6 +90,11 @@ def dev_scores(model: RegionEnsemble, dev: DetectionDataset, props: list, *, nms
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--backbones", nargs="+", default=None,
+                    help="trunks to compare (lite0, lite1, lite2; default: the model config's)")
+    ap.add_argument("--proposals-override", nargs="*", default=[],
+                    help="Hydra overrides of the proposals node, e.g. proposals.multibox.top_k=0 (selective search "
+                         "alone: independent of the MultiBox model)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--members", type=int, default=6)
     ap.add_argument("--dev-every", type=int, default=10)
@@ -99,17 +107,24 @@ def main() -> None:
                          "stages x threshold")
     ap.add_argument("--nms", type=float, nargs="+", default=[0.3, 0.4, 0.5],
                     help="per-class NMS thresholds to score (the first is the table's)")
+    ap.add_argument("--extract", action="store_true",
+                    help="compute the missing proposals of the images the run takes first (else: cached ones only)")
     ap.add_argument("--out", default="checkpoints/ablate_finetune")
     ap.add_argument("--data-root", default=None, help="default: $DET_DATA_ROOT or ../shared/data")
     args = ap.parse_args()
 
-    overrides = ["dataset=train", "proposals=paper"] + ([f"data_root={args.data_root}"] if args.data_root else [])
+    overrides = (["dataset=train", "proposals=paper"] + list(args.proposals_override)
+                 + ([f"data_root={args.data_root}"] if args.data_root else []))
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
         cfg = compose("train_classifier", overrides=overrides)
     hs.resolve_data_root(cfg)
     cache = hs.resolve_cache_dir(cfg)
     ds = instantiate(cfg.dataset, _convert_="all")
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=cache / "proposals")
+    if args.extract:  # the proposals of the images the run takes (the carve is by position, not by the cache)
+        dev, train = carve_dev(ds, [True] * len(ds), every=args.dev_every)
+        take = sorted(train[:args.train_images or None] + dev[:args.dev_images or None])
+        stage.extract(DetectionDataset(ds.name, [ds.records[i] for i in take], ds.report), workers=2)
     props = [p["boxes"] if p is not None else None for p in stage.load(ds, skip_missing=True)]
     dev, train = carve_dev(ds, props, every=args.dev_every)
     print(f"train split: {len(ds)} images, {sum(p is not None for p in props)} with cached paper proposals "
@@ -127,19 +142,21 @@ def main() -> None:
     rows = []
     base = OmegaConf.to_container(cfg.model)
     # the earliest cut first: the later cuts' maps derive from it
-    runs = [(k, f) for k in sorted(args.stages, reverse=True) for f in args.fg_iou]
-    for k, fg_iou in runs:
-        rcfg = RegionConfig(**{**base, "members": args.members, "trainable_stages": k})
+    backbones = args.backbones or [base["backbone"]]
+    runs = [(b, k, f) for b in backbones for k in sorted(args.stages, reverse=True) for f in args.fg_iou]
+    for backbone, k, fg_iou in runs:
+        rcfg = RegionConfig(**{**base, "backbone": backbone, "members": args.members, "trainable_stages": k})
         model = RegionEnsemble(cfg=rcfg, backbones=[build_backbone(rcfg.backbone, weights="imagenet")]).eval()
         mset = MemberSettings(**{**OmegaConf.to_container(cfg.train), "epochs": args.epochs,
                                  "trunk_lr_scale": args.trunk_lr_scale, "fg_iou": fg_iou, "seed": args.seed})
-        run_dir = Path(args.out) / (f"stages{k}" if len(args.fg_iou) == 1 else f"stages{k}_fg{fg_iou:g}")
+        run_dir = Path(args.out) / ((f"{backbone}_" if len(backbones) > 1 else "")
+                                    + (f"stages{k}" if len(args.fg_iou) == 1 else f"stages{k}_fg{fg_iou:g}"))
         t = time.perf_counter()
         rec = train_finetuned(model, ds, train_props, settings=mset, cache_root=cache, out_dir=run_dir,
                               log=lambda *a: None)
         t_train = time.perf_counter() - t
         model.eval()
-        row = {"trainable_stages": k, "fg_iou": fg_iou, "seed": args.seed, "stages": rec["stages"], "train_images": rec["images"],
+        row = {"backbone": backbone, "trainable_stages": k, "fg_iou": fg_iou, "seed": args.seed, "stages": rec["stages"], "train_images": rec["images"],
                "epoch_seconds": rec["seconds"] / max(1, len(rec["epochs"])), "cache_seconds": rec["trunk_cache_seconds"],
                "train_seconds": t_train, "final_loss": rec["epochs"][-1]["loss"],
                "roi_accuracy": rec["epochs"][-1]["roi_accuracy"]}
@@ -147,13 +164,13 @@ def main() -> None:
         row["dev_mAP"], row["dev_mAP_member0"] = row[f"mAP@nms{args.nms[0]:g}"], row[f"mAP_member0@nms{args.nms[0]:g}"]
         rows.append(row)
         torch.save({"row": row}, run_dir / "dev.pt")
-        print(f"stages {k} ({', '.join(rec['stages']) or 'frozen'}), positives IoU >= {fg_iou:g}: dev mAP {100 * row['dev_mAP']:.2f}% "
+        print(f"{backbone}, stages {k} ({', '.join(rec['stages']) or 'frozen'}), positives IoU >= {fg_iou:g}: dev mAP {100 * row['dev_mAP']:.2f}% "
               f"(member 0 {100 * row['dev_mAP_member0']:.2f}%), well- beats poorly-localised "
               f"{row['wins']}/{row['contests']}, {row['epoch_seconds']:.0f} s/epoch", flush=True)
-    print(f"\n{'trainable stages':<26}{'fg IoU':>7}{'dev mAP':>9}{'member 0':>10}{'loc wins':>12}{'s/epoch':>9}")
+    print(f"\n{'trunk':<7}{'trainable stages':<26}{'fg IoU':>7}{'dev mAP':>9}{'member 0':>10}{'loc wins':>12}{'s/epoch':>9}")
     for r in rows:
         name = f"{r['trainable_stages']} ({', '.join(r['stages']) or 'frozen'})"
-        print(f"{name:<26}{r['fg_iou']:>7g}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
+        print(f"{r['backbone']:<7}{name:<26}{r['fg_iou']:>7g}{100 * r['dev_mAP']:>8.2f}%{100 * r['dev_mAP_member0']:>9.2f}%"
               f"{r['wins']:>6}/{r['contests']:<5}{r['epoch_seconds']:>9.0f}")
     print("dev mAP (six members) by per-class NMS threshold: " + "; ".join(
         f"stages {r['trainable_stages']} fg {r['fg_iou']:g}: " + ", ".join(f"{t:g} {100 * r[f'mAP@nms{t:g}']:.2f}%" for t in args.nms)

@@ -5,6 +5,7 @@ and the Python API's latency.
     python tools/bench_scale.py                       # all three, val with cached proposals (about 30 min on 2 cores)
     python tools/bench_scale.py --only eval --limit 200
     python tools/bench_scale.py --only api --repeats 3 --threads 2
+    python tools/bench_scale.py --only api --busy 0 3 --threads 1 2 --overlap on off   # idle vs 3 busy processes
 
 Each eval_map run recomputes its detections (``resume=false``) with one thread per rank, so the comparison is
 1 core against 2.  Prints a table and writes ``bench_scale.json`` (in ``--out``).  Proposals must be cached for the
@@ -75,18 +76,22 @@ def bench_sweep(args, out: Path) -> dict:
 
 
 def bench_api(args) -> dict:
-    """load_detector(), then detect() on skimage's chelsea, coffee and astronaut: median of ``--repeats`` after a
-    warm-up call, with the seconds per stage and the best detection.  The variants (mirror view on / off, ImageNet
-    prior on / off) take turns within each repeat, so that a busy machine slows them alike."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    busy = start_busy(args.busy)
-    try:
-        return _bench_api(args, dets_for(args), busy)
-    finally:
-        for b in busy:
-            b.kill()
+    """load_detector(), then detect() on skimage's photos: median of ``--repeats`` after a warm-up call, with the
+    seconds per stage and the best detection, and the floor: selective search alone plus one bare trunk pass at the
+    classifiers' scale.  The variants (mirror view, ImageNet prior, overlap, threads) take turns within each repeat,
+    so that the machine's state slows them alike; each ``--busy`` level (busy processes beside it) is measured in
+    turn in the same run."""
+    loaded = dets_for(args)
+    out = {"load_s": loaded[1], "repeats": args.repeats, "image_sizes": args.image_sizes,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "levels": {}}
+    for n in args.busy:
+        busy = start_busy(n)
+        try:
+            out["levels"][str(n)] = _bench_api(args, loaded, busy)
+        finally:
+            for b in busy:
+                b.kill()
+    return out
 
 
 def start_busy(n: int) -> list:
@@ -107,37 +112,72 @@ def dets_for(args) -> tuple:
     return dets, (time.perf_counter() - t) / len(dets)
 
 
+def _floor(det, img) -> dict:
+    """Selective search alone and one bare trunk pass (the backbone's whole feature extractor) at the classifiers'
+    scale: what no detector of this design can skip."""
+    import torch
+
+    t = time.perf_counter()
+    det.proposals.ss(img)
+    t_ss = time.perf_counter() - t
+    with torch.inference_mode():
+        t = time.perf_counter()
+        x, _ = det.classifier.prepare_image(img)
+        det.classifier.backbones[0](x[None])
+        t_trunk = time.perf_counter() - t
+    return {"selective_search": t_ss, "trunk": t_trunk}
+
+
 def _bench_api(args, loaded, busy) -> dict:
     import numpy as np
     import skimage.data
+    import torch
 
-    dets, load_s = loaded
-    out = {"load_s": load_s, "threads": args.threads, "repeats": args.repeats, "image_sizes": args.image_sizes,
-           "busy_processes": len(busy), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    variants = [(f, p) for f in args.flip for p in args.imagenet_prior]
+    from detection.detector import set_threads
+
+    dets, _ = loaded
+    out = {"busy_processes": len(busy)}
+    variants = [(f, p, o, t) for f in args.flip for p in args.imagenet_prior for o in args.overlap
+                for t in args.threads]
+    any_det = next(iter(dets.values()))
     for name in args.photos:
         img = getattr(skimage.data, name)()
         times = {v: [] for v in variants}
         stages = {v: [] for v in variants}
+        floors = {t: [] for t in args.threads}
         last = {}
         for rep in range(args.repeats + 1):  # the first round is a warm-up: first-call set-up costs
-            for f, p in variants:
+            for t in args.threads:
+                set_threads(t)
+                fl = _floor(any_det, img)
+                if rep:
+                    floors[t].append(fl)
+            for v in variants:
+                f, p, o, t = v
+                set_threads(t)
                 det = dets[p]
-                det.settings.flip = f == "on"
-                t = time.perf_counter()
+                det.settings.flip, det.settings.overlap_proposals = f == "on", o == "on"
+                t0 = time.perf_counter()
                 r = det.detect(img)
                 if rep:
-                    times[(f, p)].append(time.perf_counter() - t)
-                    stages[(f, p)].append(r.seconds)
-                last[(f, p)] = r
-        for f, p in variants:
-            st = stages[(f, p)]
+                    times[v].append(time.perf_counter() - t0)
+                    stages[v].append(r.seconds)
+                last[v] = r
+        photo = out.setdefault(name, {"size": f"{img.shape[1]}x{img.shape[0]}", "floor": {}, "variants": {}})
+        for t in args.threads:
+            ss = float(np.median([x["selective_search"] for x in floors[t]]))
+            tr = float(np.median([x["trunk"] for x in floors[t]]))
+            photo["floor"][str(t)] = {"selective_search_s": ss, "trunk_s": tr, "sum_s": ss + tr}
+        for v in variants:
+            f, p, o, t = v
+            st = stages[v]
             keys = [k for k in st[0] if not k.startswith("classify.")] + (["classify.flip_view"] if f == "on" else [])
-            key = ("photos" if f == "on" else "photos_no_flip") + ("" if p == "on" else "_no_prior")
-            out.setdefault(key, {})[name] = {
-                "size": f"{img.shape[1]}x{img.shape[0]}", "detect_median_s": statistics.median(times[(f, p)]),
-                "stage_median_s": {k: float(np.median([s[k] for s in st])) for k in keys},
-                "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[(f, p)].to_list()[:3]]}
+            med = statistics.median(times[v])
+            photo["variants"][f"flip={f} prior={p} overlap={o} threads={t}"] = {
+                "detect_median_s": med, "ratio_to_floor": med / photo["floor"][str(t)]["sum_s"],
+                "stage_median_s": {k: float(np.median([s.get(k, 0.0) for s in st])) for k in keys},
+                "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[v].to_list()[:3]]}
+    torch.set_num_threads(args.threads[0])
     return out
 
 
@@ -148,13 +188,16 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="eval: the first N images only")
     p.add_argument("--sweep-split", default="val_small")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="api: torch threads")
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="api: torch threads (several: each in turn)")
+    p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
+                   help="api: selective search in a thread while the trunk runs (on, the default), or not, or both")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the test-time mirror view (on, the default), without it (off), or both")
     p.add_argument("--photos", nargs="+", default=["chelsea", "coffee", "astronaut"],
                    choices=["chelsea", "coffee", "astronaut", "rocket"], help="api: which of skimage's photos")
-    p.add_argument("--busy", type=int, default=0, metavar="N",
-                   help="api: run N busy processes (one core each) beside the benchmark (default 0: idle)")
+    p.add_argument("--busy", type=int, nargs="+", default=[0], metavar="N",
+                   help="api: run N busy processes (one core each) beside the benchmark (default 0: idle); several "
+                        "levels, e.g. 0 3, are measured one after the other in the same run")
     p.add_argument("--imagenet-prior", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the ImageNet prior (on, the default), without it (off), or both")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
@@ -167,16 +210,28 @@ def main() -> None:
     res = {}
     if "api" in which:
         res["api"] = a = bench_api(args)
-        print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']} on {a['threads']} "
-              f"thread(s)" + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "")
-              + (f", {a['busy_processes']} busy processes beside it" if a["busy_processes"] else "")
+        print(f"api: load_detector() {a['load_s']:.2f} s; detect(), median of {a['repeats']}"
+              + (f", image pyramid {a['image_sizes']}" if a["image_sizes"] else "")
               + (f", OMP_WAIT_POLICY={a['omp_wait_policy']}" if a["omp_wait_policy"] else "") + ":")
-        labels = {"photos": "", "photos_no_prior": ", no prior", "photos_no_flip": ", no flip",
-                  "photos_no_flip_no_prior": ", no flip, no prior"}
-        for name, ph in [(n + lab, ph) for k, lab in labels.items() for n, ph in a.get(k, {}).items()]:
-            print(f"  {name} ({ph['size']}): {ph['detect_median_s']:.2f} s ("
-                  + ", ".join(f"{k} {v:.2f}" for k, v in ph["stage_median_s"].items()) + "); top: "
-                  + ", ".join(f"{d['name']} {d['score']:.2f}" for d in ph["top"]))
+        for n, level in a["levels"].items():
+            print(f" {n} busy processes beside it:")
+            for name, ph in [(k, v) for k, v in level.items() if k != "busy_processes"]:
+                fl = ", ".join(f"{t} threads {f['sum_s']:.2f} s (selective search {f['selective_search_s']:.2f} + "
+                               f"trunk {f['trunk_s']:.2f})" for t, f in ph["floor"].items())
+                print(f"  {name} ({ph['size']}): floor {fl}")
+                for v, r in ph["variants"].items():
+                    print(f"    {v}: {r['detect_median_s']:.2f} s = {r['ratio_to_floor']:.2f}x the floor ("
+                          + ", ".join(f"{k} {x:.2f}" for k, x in r["stage_median_s"].items()) + "); top: "
+                          + ", ".join(f"{d['name']} {d['score']:.2f}" for d in r["top"]))
+        if "0" in a["levels"] and len(a["levels"]) > 1:
+            idle = a["levels"]["0"]
+            for n, level in a["levels"].items():
+                if n == "0":
+                    continue
+                for name in args.photos:
+                    for v, r in level[name]["variants"].items():
+                        print(f"  busy {n} / idle, {name}, {v}: "
+                              f"{r['detect_median_s'] / idle[name]['variants'][v]['detect_median_s']:.2f}x")
     if "eval" in which:
         res["eval"] = e = bench_eval(args, out)
         print(f"eval_map {e['split']} ({e['images']} images): 1 rank {e['wall_1rank_s']:.0f} s, 2 ranks "

@@ -90,6 +90,7 @@ class TrainMultiBoxConfig:
     out_dir: str = "checkpoints/multibox"
     install: bool = False
     region_model: Optional[str] = None  # model.trunk=region: the region classifiers whose trunk maps the head reads
+    dev_every: int = 0  # > 0: every dev_every-th voc07 photo of the dataset is held out as a dev split (recall)
     model: MultiBoxConfig = field(default_factory=MultiBoxConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 

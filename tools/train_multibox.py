@@ -5,6 +5,7 @@
     python tools/train_multibox.py split=train_small train.epochs=2
     python tools/train_multibox.py install=true          # also install as the package's embedded default
     python tools/train_multibox.py model.trunk=own model.input_size=448   # the network with its own backbone
+    python tools/train_multibox.py dev_every=10 val_dataset=null   # recall on a dev split carved from train
 
 Kill it and run the same command again: it resumes from the last finished epoch (and the cached features).
 """
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> None:
         print(f"trunk: the region classifiers' ({cfg.region_model or 'embedded default'}, {ensemble.trunk_id})")
 
         def features(ds):
-            return compute_region_features(ds, ensemble, cache_dir=cache)
+            return compute_region_features(ds, ensemble, cache_dir=cache, fine=mcfg.fine_level)
     else:
         model = MultiBox(backbone=build_backbone(mcfg.backbone), cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4))
 
@@ -65,11 +66,21 @@ def main(cfg: DictConfig) -> None:
             return compute_features(ds, model, cache_dir=cache)
     feats = features(train_ds)
     val = features(val_ds) if val_ds is not None else None
+    if cfg.dev_every:  # a dev split carved from train: every dev_every-th voc07 photo (by position), not trained on
+        from proposals.multibox.train import split_features
+
+        dev_ids = {r.image_id for i, r in enumerate(train_ds.records)
+                   if i % cfg.dev_every == 0 and "voc07" in str(r.path)}
+        feats, val = split_features(feats, dev_ids)
+        print(f"dev split carved from {train_ds.name}: {len(val.ids)} photos (recall reported per epoch), "
+              f"{len(feats.ids)} train")
     t_feat = time.perf_counter() - t0
     model.priors.copy_(train_priors(feats, k=mcfg.num_priors, seed=tset.seed))
     print(f"features: {len(feats.ids)} train images in {t_feat:.0f} s; {mcfg.num_priors} k-means priors")
     record = train_multibox(model, feats, settings=tset, out_dir=cfg.out_dir, val=val)
-    record.update({"dataset": train_ds.name, "val_dataset": val_ds.name if val_ds else None,
+    record.update({"dataset": train_ds.name, "dev_every": cfg.dev_every,
+                   "val_dataset": val_ds.name if val_ds else (f"dev (every {cfg.dev_every}th voc07 photo of "
+                                                               f"{train_ds.name})" if cfg.dev_every else None),
                    "feature_seconds": t_feat, "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv)})
     from proposals.multibox.model import save_multibox

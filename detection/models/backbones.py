@@ -86,20 +86,25 @@ class BackboneSpec:
     mid_channels: int = 0
     mid_stride: int = 16
     stem_channels: int = 0  # channels of the map before the last block (``region.split_backbone``'s stem), stride 32
+    fine_layer: str = ""  # submodule of ``features`` whose output is the stride-8 map ("": none offered)
+    fine_channels: int = 0
 
 
 _SPECS: dict[str, BackboneSpec] = {
     "lite0": BackboneSpec(
         name="lite0", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
-        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320,
+        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320, fine_layer="blocks.2",
+        fine_channels=40,
     ),
     "lite1": BackboneSpec(
         name="lite1", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
-        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320,
+        mid_layer="blocks.4", mid_channels=112, mid_stride=16, stem_channels=320, fine_layer="blocks.2",
+        fine_channels=40,
     ),
     "lite2": BackboneSpec(
         name="lite2", feature_channels=1280, feature_stride=32, pooled_dim=1280, mean=_HALF, std=_HALF,
-        mid_layer="blocks.4", mid_channels=120, mid_stride=16, stem_channels=352,
+        mid_layer="blocks.4", mid_channels=120, mid_stride=16, stem_channels=352, fine_layer="blocks.2",
+        fine_channels=48,
     ),
     "googlenet": BackboneSpec(
         name="googlenet", feature_channels=1024, feature_stride=32, pooled_dim=1024, mean=_HALF, std=_HALF,

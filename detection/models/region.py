@@ -281,20 +281,26 @@ class RegionEnsemble(nn.Module):
             return split_backbone(bb)[0](x)
         return bb(x)
 
-    def trunk_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def trunk_maps(self, x: Tensor, *, fine: bool = False) -> tuple[Tensor, ...]:
         """One pass of the shared trunk over images ``[B, 3, h, w]``: (the map proposals are pooled from, stride 32;
-        the stride-16 map taken on the way, ``spec.mid_layer``) -- what a shared-trunk MultiBox head reads."""
+        the stride-16 map taken on the way, ``spec.mid_layer``) -- what a shared-trunk MultiBox head reads -- and with
+        ``fine`` the stride-8 map (``spec.fine_layer``) third."""
         if self.cfg.mode != "roi" or self.cfg.roi_layer != "stem" or not self.cfg.shared_trunk:
             raise ValueError("trunk_maps needs a shared-trunk roi-mode model pooling the stem map "
                              f"(mode=roi, roi_layer=stem, shared_trunk=true); this one has {self.cfg}")
         bb = self.backbones[0]
-        taken: list[Tensor] = []
-        hook = bb.features.get_submodule(bb.spec.mid_layer).register_forward_hook(lambda _m, _i, o: taken.append(o))
+        names = [bb.spec.mid_layer] + ([bb.spec.fine_layer] if fine else [])
+        if fine and not bb.spec.fine_layer:
+            raise ValueError(f"{bb.spec.name} offers no stride-8 map")
+        taken: dict[str, Tensor] = {}
+        hooks = [bb.features.get_submodule(n).register_forward_hook(
+            lambda _m, _i, o, n=n: taken.__setitem__(n, o)) for n in names]
         try:
             last = self.roi_map(x)
         finally:
-            hook.remove()
-        return last, taken[-1]
+            for h in hooks:
+                h.remove()
+        return (last, *(taken[n] for n in names))
 
     # ------------------------------------------------------------------ inputs
 

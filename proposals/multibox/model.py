@@ -47,21 +47,29 @@ class MultiBoxConfig:
     # the last block, and the stride-16 map on the way): one trunk pass serves both stages (Faster R-CNN's shared
     # features); ``input_size`` and crops do not apply
     trunk: str = "own"
+    # trunk="region": also read the trunk's stride-8 map (top-down from the stride-16 one); a prior whose context
+    # window is under fine_cells cells of the stride-16 map is pooled from it (small objects), the others from the
+    # stride-16 map
+    fine_level: bool = False
+    fine_cells: float = 4.0
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
             raise ValueError(f"MultiBoxConfig.trunk must be one of {TRUNKS}, got {self.trunk!r}")
         if self.trunk == "region" and not self.mid_level:
             raise ValueError("MultiBoxConfig.trunk='region' reads the stride-16 map too: mid_level must be true")
+        if self.fine_level and self.trunk != "region":
+            raise ValueError("MultiBoxConfig.fine_level needs trunk='region' (the classifiers' pass gives the map)")
 
 
 class MultiBoxHead(nn.Module):
     """Feature map ``[B, C, h, w]`` + priors ``[K, 4]`` (normalised xyxy) -> boxes ``[B, K, 4]``, logits ``[B, K]``."""
 
-    def __init__(self, *, in_channels: int, cfg: MultiBoxConfig, mid_channels: int = 0):
+    def __init__(self, *, in_channels: int, cfg: MultiBoxConfig, mid_channels: int = 0, fine_channels: int = 0):
         super().__init__()
         self.cfg = cfg
         self.mid_channels = mid_channels
+        self.fine_channels = fine_channels
         # per-image work (a 1x1 and a 3x3 conv on the small map) is cheap; per-slot work (the MLP) is kept small,
         # since it runs B x K times
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, cfg.reduce_channels, 1), nn.ReLU(inplace=True),
@@ -71,6 +79,10 @@ class MultiBoxHead(nn.Module):
             self.lateral = nn.Conv2d(mid_channels, cfg.reduce_channels, 1)
             self.smooth = nn.Sequential(nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
                                         nn.ReLU(inplace=True))
+        if fine_channels:  # one more top-down step: the stride-8 map, for the small priors
+            self.lateral8 = nn.Conv2d(fine_channels, cfg.reduce_channels, 1)
+            self.smooth8 = nn.Sequential(nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
+                                         nn.ReLU(inplace=True))
         self.glob = nn.Sequential(nn.Linear(in_channels, cfg.global_dim), nn.ReLU(inplace=True))
         self.prior_embed = nn.Embedding(cfg.num_priors, cfg.prior_embed_dim)
         d_in = cfg.reduce_channels * cfg.roi_size ** 2 + cfg.global_dim + cfg.prior_embed_dim
@@ -83,9 +95,11 @@ class MultiBoxHead(nn.Module):
         nn.init.normal_(self.conf.weight, std=0.01)
         nn.init.constant_(self.conf.bias, -5.0)  # a few objects among hundreds of slots
 
-    def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None, fine: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
         """``fmap [B, C, h, w]`` last map, ``priors [K, 4]``, ``mid [B, C_mid, 2h, 2w]`` the stride-16 map (needed
-        when the head was built with ``mid_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``."""
+        when the head was built with ``mid_channels``), ``fine [B, C_fine, 4h, 4w]`` the stride-8 map (needed with
+        ``fine_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``."""
         B = fmap.shape[0]
         K = priors.shape[0]
         r = self.reduce(fmap)
@@ -93,19 +107,39 @@ class MultiBoxHead(nn.Module):
             if mid is None:
                 raise ValueError("this MultiBox head reads the stride-16 map too: pass mid=")
             r = self.smooth(self.lateral(mid) + F.interpolate(r, size=mid.shape[-2:], mode="nearest"))
-        h, w = r.shape[-2:]
         centre = (priors[:, :2] + priors[:, 2:]) / 2
         half = (priors[:, 2:] - priors[:, :2]) / 2 * self.cfg.context
-        win = torch.cat([centre - half, centre + half], 1) * priors.new_tensor([w, h, w, h])
-        rois = torch.cat([torch.arange(B, dtype=win.dtype, device=win.device).repeat_interleave(K)[:, None],
-                          win.repeat(B, 1)], 1)
-        pooled = roi_align(r, rois, output_size=self.cfg.roi_size, spatial_scale=1.0, sampling_ratio=2,
-                           aligned=True).flatten(1)  # [B*K, reduce * roi^2]
+        win = torch.cat([centre - half, centre + half], 1)  # normalised context windows [K, 4]
+        if self.fine_channels:
+            if fine is None:
+                raise ValueError("this MultiBox head reads the stride-8 map too: pass fine=")
+            r8 = self.smooth8(self.lateral8(fine) + F.interpolate(r, size=fine.shape[-2:], mode="nearest"))
+            h, w = r.shape[-2:]
+            side = ((win[:, 2] - win[:, 0]) * w * (win[:, 3] - win[:, 1]) * h).clamp(min=0).sqrt()
+            small = side < self.cfg.fine_cells  # [K]: pooled from the stride-8 map
+            pooled = r.new_zeros((B, K, r.shape[1] * self.cfg.roi_size ** 2))
+            for level, sel in ((r, ~small), (r8, small)):
+                idx = sel.nonzero().flatten()
+                if idx.numel():
+                    pooled[:, idx] = self._pool(level, win[idx], B).view(B, idx.numel(), -1)
+            pooled = pooled.flatten(0, 1)
+        else:
+            pooled = self._pool(r, win, B)  # [B*K, reduce * roi^2]
         g = self.glob(fmap.mean((2, 3))).repeat_interleave(K, 0)
         e = self.prior_embed.weight.repeat(B, 1)
         hdn = self.mlp(torch.cat([pooled, g, e], 1))
         boxes = priors.repeat(B, 1) + self.delta(hdn)
         return boxes.view(B, K, 4), self.conf(hdn).view(B, K)
+
+    def _pool(self, r: Tensor, win: Tensor, B: int) -> Tensor:
+        """RoIAlign of normalised windows ``[K, 4]`` on every image of map ``r [B, C, h, w]`` -> ``[B*K, C*s*s]``."""
+        K = win.shape[0]
+        h, w = r.shape[-2:]
+        cells = win * win.new_tensor([w, h, w, h])
+        rois = torch.cat([torch.arange(B, dtype=cells.dtype, device=cells.device).repeat_interleave(K)[:, None],
+                          cells.repeat(B, 1)], 1)
+        return roi_align(r, rois, output_size=self.cfg.roi_size, spatial_scale=1.0, sampling_ratio=2,
+                         aligned=True).flatten(1)
 
 
 class MultiBox(nn.Module):
@@ -199,19 +233,23 @@ class SharedMultiBox(nn.Module):
         spec = backbone_spec(cfg.backbone)
         self.cfg = cfg
         self.trunk_id = trunk_id
-        self.head = MultiBoxHead(in_channels=spec.stem_channels, cfg=cfg, mid_channels=spec.mid_channels)
+        if cfg.fine_level and not spec.fine_layer:
+            raise ValueError(f"fine_level: {cfg.backbone} offers no stride-8 map")
+        self.head = MultiBoxHead(in_channels=spec.stem_channels, cfg=cfg, mid_channels=spec.mid_channels,
+                                 fine_channels=spec.fine_channels if cfg.fine_level else 0)
         self.register_buffer("priors", priors.float().clone())
 
-    def forward(self, last: Tensor, mid: Tensor) -> tuple[Tensor, Tensor]:
-        """Trunk maps ``[B, C, h, w]`` (stride 32) and ``[B, C_mid, ~2h, ~2w]`` (stride 16) -> (boxes ``[B, K, 4]``
-        normalised xyxy, logits ``[B, K]``)."""
-        return self.head(last, self.priors, mid)
+    def forward(self, last: Tensor, mid: Tensor, fine: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Trunk maps ``[B, C, h, w]`` (stride 32), ``[B, C_mid, ~2h, ~2w]`` (stride 16) and, for a ``fine_level``
+        head, ``[B, C_fine, ~4h, ~4w]`` (stride 8) -> (boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``)."""
+        return self.head(last, self.priors, mid, fine)
 
     @torch.inference_mode()
-    def propose_from_maps(self, last: Tensor, mid: Tensor, *, width: int, height: int) -> tuple[Tensor, Tensor]:
+    def propose_from_maps(self, last: Tensor, mid: Tensor, fine: Tensor | None = None, *, width: int, height: int
+                          ) -> tuple[Tensor, Tensor]:
         """All K boxes of one image in its pixels (``Tensor[K, 4]`` xyxy, clipped, best first, on the CPU) and their
         confidences, from that image's trunk maps (batch of one)."""
-        boxes, logits = self(last, mid)
+        boxes, logits = self(last, mid, fine)
         return to_pixel_boxes(boxes[0], logits[0], width=width, height=height, top_k=None)
 
 

@@ -24,8 +24,8 @@ from proposals.multibox.loss import multibox_loss
 from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox, to_pixel_boxes
 from proposals.multibox.priors import kmeans_priors
 
-__all__ = ["TrainSettings", "FeatureSet", "compute_features", "compute_region_features", "train_multibox",
-           "evaluate_recall"]
+__all__ = ["TrainSettings", "FeatureSet", "compute_features", "compute_region_features", "split_features",
+           "train_multibox", "evaluate_recall"]
 
 CHUNK = 128
 
@@ -57,17 +57,22 @@ class FeatureSet:
     sizes: list[tuple[int, int]]
     ids: list[str]
     mids: Tensor | list[Tensor] | None = None
+    fines: list[Tensor] | None = None  # the stride-8 maps (region trunk, for fine_level heads)
 
-    def maps(self, sel) -> tuple[Tensor, Tensor | None]:
-        """(last maps, stride-16 maps or ``None``) of the images ``sel`` (one map size), as float32."""
+    def maps(self, sel) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(last maps, stride-16 maps or ``None``, stride-8 maps or ``None``) of the images ``sel`` (one map size), as
+        float32."""
         sel = [int(i) for i in sel]
         if isinstance(self.feats, list):
             shapes = {tuple(self.feats[i].shape) for i in sel}
             if len(shapes) > 1:
                 raise ValueError(f"maps of different sizes in one batch: {sorted(shapes)} (use batches())")
-            return (torch.stack([self.feats[i] for i in sel]).float(),
-                    torch.stack([self.mids[i] for i in sel]).float() if self.mids is not None else None)
-        return self.feats[sel].float(), self.mids[sel].float() if self.mids is not None else None
+
+            def stack(maps):
+                return torch.stack([maps[i] for i in sel]).float() if maps is not None else None
+
+            return stack(self.feats), stack(self.mids), stack(self.fines)
+        return self.feats[sel].float(), self.mids[sel].float() if self.mids is not None else None, None
 
     def batches(self, order, batch_size: int) -> list[list[int]]:
         """The images ``order`` in batches of at most ``batch_size`` that share one map size, in order of each
@@ -157,18 +162,19 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
 
 
 @torch.inference_mode()
-def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: str | Path,
+def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: str | Path, fine: bool = False,
                             progress: bool = True) -> FeatureSet:
     """The region classifiers' trunk maps of every image at their image scale (:meth:`RegionEnsemble.trunk_maps
     <detection.models.region.RegionEnsemble.trunk_maps>`), what a shared-trunk MultiBox head reads at test time;
     cached in chunks under ``cache_dir`` keyed by the trunk's fingerprint and the images (a restart reuses them).
 
-    Images that cannot be decoded are reported and left out."""
+    ``fine``: also the stride-8 maps (for ``fine_level`` heads; cached apart).  Images that cannot be decoded are
+    reported and left out."""
     c = ensemble.cfg
     key = settings_hash("multibox-region-features", {
         "dataset": dataset.name, "n": len(dataset), "trunk": ensemble.trunk_id, "image_size": c.image_size,
         "max_image_size": c.max_image_size, "max_upscale": c.max_upscale,
-        "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
+        "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]}), **({"fine": True} if fine else {})})
     out_dir = Path(cache_dir) / f"{dataset.name}-region-{key}"
     out_dir.mkdir(parents=True, exist_ok=True)
     ensemble.eval()
@@ -180,7 +186,7 @@ def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: s
         if path.exists():
             chunks.append(torch.load(path, weights_only=True))
             continue
-        feats, mids, gts, sizes, ids, skipped = [], [], [], [], [], []
+        feats, mids, fines, gts, sizes, ids, skipped = [], [], [], [], [], [], []
         for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
             try:
                 img = read_image_rgb(r.path)
@@ -188,13 +194,16 @@ def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: s
                 skipped.append(str(e))
                 continue
             x, _ = ensemble.prepare_image(img)
-            last, mid = ensemble.trunk_maps(x[None])
+            last, mid, *rest = ensemble.trunk_maps(x[None], fine=fine)
             feats.append(last[0].half().contiguous().cpu())
             mids.append(mid[0].half().contiguous().cpu())
+            if fine:
+                fines.append(rest[0][0].half().contiguous().cpu())
             gts.append(r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height]))
             sizes.append((r.width, r.height))
             ids.append(r.image_id)
-        chunk = {"feats": feats, "mids": mids, "gts": gts, "sizes": sizes, "ids": ids, "skipped": skipped}
+        chunk = {"feats": feats, "mids": mids, "gts": gts, "sizes": sizes, "ids": ids, "skipped": skipped,
+                 **({"fines": fines} if fine else {})}
         tmp = path.with_suffix(".tmp")
         torch.save(chunk, tmp)
         tmp.replace(path)
@@ -204,7 +213,25 @@ def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: s
             print(f"trunk maps: skipped {msg}")
     return FeatureSet(feats=[f for ch in chunks for f in ch["feats"]], gts=[g for ch in chunks for g in ch["gts"]],
                       sizes=[tuple(sz) for ch in chunks for sz in ch["sizes"]], ids=[i for ch in chunks for i in ch["ids"]],
-                      mids=[m for ch in chunks for m in ch["mids"]])
+                      mids=[m for ch in chunks for m in ch["mids"]],
+                      fines=[f for ch in chunks for f in ch["fines"]] if fine else None)
+
+
+def split_features(features: FeatureSet, ids: set[str]) -> tuple[FeatureSet, FeatureSet]:
+    """(the images not in ``ids``, the images in ``ids``): a dev split carved from cached features."""
+    def pick(keep):
+        sel = [i for i, x in enumerate(features.ids) if (x in ids) == keep]
+        if isinstance(features.feats, list):
+            feats = [features.feats[i] for i in sel]
+            mids = [features.mids[i] for i in sel] if features.mids is not None else None
+        else:
+            feats = features.feats[sel]
+            mids = features.mids[sel] if features.mids is not None else None
+        fines = [features.fines[i] for i in sel] if features.fines is not None else None
+        return FeatureSet(feats=feats, gts=[features.gts[i] for i in sel], sizes=[features.sizes[i] for i in sel],
+                          ids=[features.ids[i] for i in sel], mids=mids, fines=fines)
+
+    return pick(False), pick(True)
 
 
 def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
@@ -221,8 +248,8 @@ def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_
     model.eval()
     props, gts = [], []
     for sel in features.batches(range(len(features.ids)), batch_size):
-        last, mid = features.maps(sel)
-        boxes, logits = model.head(last, model.priors, mid)
+        last, mid, fine = features.maps(sel)
+        boxes, logits = model.head(last, model.priors, mid, fine)
         for j, i in enumerate(sel):
             w, h = features.sizes[i]
             props.append(to_pixel_boxes(boxes[j], logits[j], width=w, height=h, top_k=top_k)[0])
@@ -268,15 +295,17 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         batches = train.batches(perm.tolist(), settings.batch_size)
         for sel in progress_bar(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", leave=False,
                                 **bar):
-            x, mid = train.maps(sel)
+            x, mid, fine = train.maps(sel)
             gts = [train.gts[i] for i in sel]
             if settings.flip:
                 mirror = torch.rand(len(sel), generator=gen) < 0.5
                 x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
                 if mid is not None:
                     mid = torch.where(mirror[:, None, None, None], mid.flip(-1), mid)
+                if fine is not None:
+                    fine = torch.where(mirror[:, None, None, None], fine.flip(-1), fine)
                 gts = [_flip_boxes(g) if m else g for g, m in zip(gts, mirror.tolist())]
-            boxes, logits = head(x, model.priors, mid)
+            boxes, logits = head(x, model.priors, mid, fine)
             loss, parts = multibox_loss(boxes, logits, gts, alpha=settings.alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -218,7 +218,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
             ImageNet classifier for the rest (``None``: the settings default).
         prior_area_power: the ImageNet evidence of a box is scaled by (its share of the image's area) to this
             power, which favours whole objects over their parts (``None``: the settings default; 0: off).
-        threads: torch's (and OpenCV's) threads, process-wide (``None``: the settings default).
+        threads: torch's (and OpenCV's) threads, process-wide, set before each image; 0 adapts them to the machine
+            (all cores when idle, fewer beside busy processes); ``None``: the settings default.
         overlap_proposals: run selective search in a thread while the trunk runs (``None``: the settings default).
         cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
         backbone_weights: for a model file without its trunk weights (the paper configuration) and for the ImageNet

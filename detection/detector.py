@@ -17,7 +17,7 @@ from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
 __all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
-           "Detector", "detect_dataset", "set_threads"]
+           "Detector", "detect_dataset", "set_threads", "free_cores"]
 
 
 @dataclass
@@ -55,12 +55,15 @@ class DetectorSettings:
     # with a MultiBox head on the classifiers' trunk, selective search (OpenCV, outside the GIL) runs in a thread
     # while the trunk runs
     overlap_proposals: bool = True
-    # torch's intra-op threads (process-wide, set when the detector is built); None: leave torch's setting
+    # torch's and OpenCV's threads (process-wide, set before each image): N > 0 that many; 0 adapts to the machine,
+    # every image: all cores when it is idle, fewer when other processes are running (threads that wait for a
+    # core spin, so a busy machine slows two threads far more than one); None: leave the process's setting
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None: torch's setting), got {self.threads}")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: adapt to the machine; None: the process's setting), got "
+                             f"{self.threads}")
         if not 0.0 <= self.multibox_weight <= 1.0:
             raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
         if self.prior_boxes < 0:
@@ -188,7 +191,7 @@ class Detector:
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
         classifier.check_image_sizes(self.settings.image_sizes)  # a warp-mode model: said now, not at the first image
-        if self.settings.threads is not None:
+        if self.settings.threads:
             set_threads(self.settings.threads)
         mb = getattr(proposals, "mb", None)
         # a MultiBox head on the classifiers' trunk reads their pass over the image: it must be their trunk
@@ -264,6 +267,11 @@ class Detector:
         ``source``: their merge tags (1: MultiBox, weighted by ``settings.multibox_weight``; ``None``: no weighting)."""
         t0 = time.perf_counter()
         seconds = {}
+        if self.settings.threads is not None:
+            n = self.settings.threads or max(1, free_cores())
+            if torch.get_num_threads() != n:
+                set_threads(n)
+            seconds["threads"] = n
         view = mid = None
         if boxes is None:
             if self.proposals is None:
@@ -311,6 +319,35 @@ def _mid_is_frozen(classifier: RegionEnsemble) -> bool:
     stages = stem_stages(bb)
     tuned = stages[len(stages) - classifier.cfg.trainable_stages:] if classifier.cfg.trainable_stages else []
     return bb.spec.mid_layer in stages and all(stages.index(t) > stages.index(bb.spec.mid_layer) for t in tuned)
+
+
+def free_cores(samples: int = 3) -> int:
+    """How many of this process's cores no other process is running on now: the cores it may use minus the
+    runnable tasks of other processes (Linux: ``/proc/loadavg``'s runnable count less this process's running
+    threads; the median of ``samples`` looks 2 ms apart).  Elsewhere: all its cores."""
+    import glob
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not os.path.exists("/proc/loadavg"):
+        return cores
+    looks = []
+    for i in range(samples):
+        if i:
+            time.sleep(0.002)
+        try:
+            running = int(open("/proc/loadavg").read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return cores
+        own = 0
+        for f in glob.glob("/proc/self/task/*/stat"):
+            try:
+                stat = open(f).read()
+            except OSError:  # a thread that ended meanwhile
+                continue
+            own += stat[stat.rindex(")") + 2] == "R"
+        looks.append(cores - max(0, running - own))
+    return max(0, sorted(looks)[len(looks) // 2])
 
 
 def set_threads(threads: int) -> None:

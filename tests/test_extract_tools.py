@@ -132,7 +132,11 @@ def test_proposal_configs_compose(name, proposals):
         assert s.selective_search.k_scale == (2.0 if proposals == "paper" else 1.0)
         assert s.multibox.top_k == (200 if proposals == "paper" else 0)
     else:
-        assert cfg.model.num_priors >= 200 and cfg.val_dataset._target_.startswith("detection.data")
+        assert cfg.model.num_priors >= 200 and cfg.model.trunk == "region" and cfg.dev_every > 0
+        assert cfg.val_dataset is None  # recall on a dev split carved from train, not on a held-out split
+        with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+            cfg = compose(name, overrides=["data_root=/data", "+dataset@val_dataset=val_small"])
+        assert cfg.val_dataset.name == "val_small"
 
 
 FORK_AFTER_OPENCV = """

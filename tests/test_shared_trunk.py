@@ -201,10 +201,35 @@ def test_overlap_and_thread_settings_reach_both_stages(shared_file, photo):
         assert "selective_search_wait" in overlapped.seconds
         torch.testing.assert_close(overlapped.scores, serial.scores)
         torch.testing.assert_close(overlapped.boxes, serial.boxes)
+        assert serial.seconds["threads"] == 1
+        torch.set_num_threads(2)
+        det.settings.threads = 1  # a fixed count is set again before each image
+        assert det.detect(photo).seconds["threads"] == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        load_detector(threads=0)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        load_detector(threads=-1)
+
+
+def test_free_cores_counts_other_processes_running():
+    """threads=0 adapts to the machine through free_cores: busy processes beside this one take cores away."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from detection.detector import free_cores
+
+    cores = len(os.sched_getaffinity(0))
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert free_cores(samples=5) == 0
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert 0 <= free_cores() <= cores
 
 
 def test_a_head_of_another_trunk_is_refused(tmp_path, ensemble):

@@ -136,6 +136,7 @@ def _bench_api(args, loaded, busy) -> dict:
     from detection.detector import set_threads
 
     dets, _ = loaded
+    cores = len(os.sched_getaffinity(0))
     out = {"busy_processes": len(busy)}
     variants = [(f, p, o, t) for f in args.flip for p in args.imagenet_prior for o in args.overlap
                 for t in args.threads]
@@ -147,16 +148,16 @@ def _bench_api(args, loaded, busy) -> dict:
         floors = {t: [] for t in args.threads}
         last = {}
         for rep in range(args.repeats + 1):  # the first round is a warm-up: first-call set-up costs
-            for t in args.threads:
-                set_threads(t)
+            for t in args.threads:  # (threads 0, adapting to the machine: the floor of all cores)
+                set_threads(t or cores)
                 fl = _floor(any_det, img)
                 if rep:
                     floors[t].append(fl)
             for v in variants:
                 f, p, o, t = v
-                set_threads(t)
                 det = dets[p]
                 det.settings.flip, det.settings.overlap_proposals = f == "on", o == "on"
+                det.settings.threads = t  # set by detect() before the image
                 t0 = time.perf_counter()
                 r = det.detect(img)
                 if rep:
@@ -177,7 +178,7 @@ def _bench_api(args, loaded, busy) -> dict:
                 "detect_median_s": med, "ratio_to_floor": med / photo["floor"][str(t)]["sum_s"],
                 "stage_median_s": {k: float(np.median([s.get(k, 0.0) for s in st])) for k in keys},
                 "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[v].to_list()[:3]]}
-    torch.set_num_threads(args.threads[0])
+    torch.set_num_threads(args.threads[0] or cores)
     return out
 
 
@@ -188,7 +189,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="eval: the first N images only")
     p.add_argument("--sweep-split", default="val_small")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, nargs="+", default=[2], help="api: torch threads (several: each in turn)")
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="api: torch threads (several: each in turn; 0: adapt to the machine per image)")
     p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: selective search in a thread while the trunk runs (on, the default), or not, or both")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],

@@ -58,8 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="the ImageNet evidence of a box is scaled by (box area / image area)^G, favouring whole "
                         f"objects over their parts (default: {DetectorSettings.prior_area_power:g}; 0: off)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch's (and OpenCV's) threads (default: "
-                        f"{DetectorSettings.threads if DetectorSettings.threads else 'torch’s choice'})")
+                   help="torch's and OpenCV's threads; 0 adapts to the machine before each image (all cores when "
+                        "idle, fewer beside other busy processes). Default: "
+                        + ("the process's setting" if DetectorSettings.threads is None else
+                           "adapt (0)" if DetectorSettings.threads == 0 else str(DetectorSettings.threads)))
     p.add_argument("--overlap-proposals", action=argparse.BooleanOptionalAction, default=None,
                    help="run selective search in a thread while the trunk runs (default: "
                         f"{'on' if DetectorSettings.overlap_proposals else 'off'})")

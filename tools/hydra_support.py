@@ -60,7 +60,7 @@ class DetectorConfig:
     prior_boxes: float = DetectorSettings.prior_boxes
     prior_area_power: float = DetectorSettings.prior_area_power
     overlap_proposals: bool = DetectorSettings.overlap_proposals
-    threads: Optional[int] = DetectorSettings.threads  # torch's threads, process-wide (None: torch's setting)
+    threads: Optional[int] = DetectorSettings.threads  # torch's threads (0: adapt to the machine; None: as set)
 
 
 @dataclass

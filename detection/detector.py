@@ -58,7 +58,7 @@ class DetectorSettings:
     # torch's and OpenCV's threads (process-wide, set before each image): N > 0 that many; 0 adapts to the machine,
     # every image: all cores when it is idle, fewer when other processes are running (threads that wait for a
     # core spin, so a busy machine slows two threads far more than one); None: leave the process's setting
-    threads: int | None = None
+    threads: int | None = 0
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 0:

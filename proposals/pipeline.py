@@ -25,7 +25,8 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "proposals"
 @dataclass
 class MultiBoxSettings:
     top_k: int = 200
-    model: str | None = None  # a saved MultiBox file; None: the embedded default
+    # a saved MultiBox file, or the name of one shipped in proposals/multibox/weights/; None: the embedded default
+    model: str | None = None
     # a MultiBox head on the region classifiers' trunk (the embedded default) reads the maps of this region model
     # (None: the embedded classifiers); inside a detector, the detector's own classifiers
     region_model: str | None = None
@@ -85,11 +86,20 @@ def load_proposal_settings(preset: "str | Path | ProposalSettings") -> ProposalS
             raise ValueError(f"unknown proposal preset {str(preset)!r}; choose one of {have}, or give a .yaml file")
     elif not path.is_file():
         raise FileNotFoundError(f"{path}: proposal settings file not found")
+    return ProposalSettings.from_dict(OmegaConf.to_container(_load_preset_node(path), resolve=True))
+
+
+def _load_preset_node(path: Path, depth: int = 0):
+    """A preset file with the presets it builds on merged under it (``defaults:``, e.g. paper on rcnn)."""
+    from omegaconf import OmegaConf
+
+    if depth > 8:
+        raise ValueError(f"{path}: presets build on each other in a loop")
     node = OmegaConf.load(path)
-    for parent in node.pop("defaults", []) or []:  # a preset may build on another (paper builds on rcnn)
+    for parent in node.pop("defaults", []) or []:
         if isinstance(parent, str) and parent != "_self_":
-            node = OmegaConf.merge(OmegaConf.load(path.parent / f"{parent}.yaml"), node)
-    return ProposalSettings.from_dict(OmegaConf.to_container(node, resolve=True))
+            node = OmegaConf.merge(_load_preset_node(path.parent / f"{parent}.yaml", depth + 1), node)
+    return node
 
 
 class MultiBoxSource:
@@ -111,6 +121,8 @@ class MultiBoxSource:
         self.device = str(device)  # where the network runs (not part of the cache key)
 
         self.path = Path(model_path) if model_path else default_model_path()
+        if model_path and not self.path.is_file() and (default_model_path().parent / str(model_path)).is_file():
+            self.path = default_model_path().parent / str(model_path)  # a file shipped with the package, by name
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: MultiBox model not found (train one with tools/train_multibox.py, "
                                     f"or set proposals.multibox.top_k=0 for selective search alone)")

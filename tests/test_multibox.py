@@ -235,7 +235,7 @@ def test_embedded_multibox_finds_the_cat():
     from proposals.pipeline import MultiBoxSource
 
     model = load_multibox(default_model_path())
-    assert model.cfg.trunk == "region" and model.cfg.num_priors == 800 and model.record["train_images"] == 3887
+    assert model.cfg.trunk == "region" and model.cfg.num_priors == 800 and model.record["train_images"] == 3535
     boxes, scores = MultiBoxSource()(skimage.data.chelsea())
     assert boxes.shape == (800, 4) and (scores[:-1] >= scores[1:]).all()
     assert float(box_iou(boxes[:5], torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat

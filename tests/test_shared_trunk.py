@@ -276,3 +276,29 @@ def test_fine_level_pools_small_priors_from_the_stride8_map_and_the_others_not()
         m(last, mid)
     with pytest.raises(ValueError, match="needs trunk='region'"):
         MultiBoxConfig(fine_level=True)
+
+
+def test_paper_crops_preset_runs_the_multibox_with_its_own_trunk_on_crops(photo):
+    """The preset of the MultiBox network with its own backbone (14 windows a photo) stays selectable, by Python and
+    by Hydra alike."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from torchvision.ops import box_iou
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "tools"))
+    import hydra_support as hs
+    from proposals.pipeline import MultiBoxSource, load_proposal_settings
+
+    hs.register_schemas()
+    s = load_proposal_settings("paper_crops")
+    assert s.selective_search.k_scale == 2.0 and s.multibox.top_k == 200 and s.multibox.crops == [[2, 0.6], [3, 0.45]]
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval_map", overrides=["proposals=paper_crops", "data_root=/data"])
+    assert hs.proposal_settings(cfg.proposals) == s
+    src = MultiBoxSource(s.multibox.model, crops=s.multibox.crops, drop_cut=s.multibox.drop_cut)
+    assert not src.shared and src.path.name == "multibox_lite0_crops.pt"
+    boxes, scores = src(photo)
+    assert float(box_iou(boxes[:5], torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat

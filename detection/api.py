@@ -186,7 +186,7 @@ class ObjectDetector(Detector):
 
 def load_detector(model: str | Path | None = None, *, proposals="paper", device: str = "cpu",
                   members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
-                  max_per_class: int = 100, flip: bool = True, multibox_weight: float = 0.5,
+                  max_per_class: int = 100, flip: bool | None = None, multibox_weight: float = 0.5,
                   image_sizes: tuple[int, ...] | list[int] | None = None,
                   imagenet_prior: bool | None = None, prior_boxes: float | None = None,
                   prior_area_power: float | None = None, threads: int | None = None,
@@ -203,8 +203,8 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...  (both the classifiers and MultiBox run there).
         members: use the first N members of the ensemble (``None``: all six).
         nms_iou / score_threshold / max_per_class: the per-class NMS and what is kept per image.
-        flip: also classify every proposal on the mirror image and average the two views' softmax (the default;
-            twice the classifier's time); ``False``: the image's view only.
+        flip: also classify every proposal on the mirror image and average the two views' softmax (a second trunk
+            pass; ``None``: the settings default, off).
         multibox_weight: the class scores of MultiBox's boxes are multiplied by this (0.5, chosen on held-out COCO
             photos: the classifiers over-trust those boxes); 1: as the classifiers give them.
         image_sizes: multi-scale testing, e.g. ``(600, 1200)``: each proposal is classified on the level of this
@@ -242,11 +242,11 @@ def load_detector(model: str | Path | None = None, *, proposals="paper", device:
         cache_dir = Path(__file__).resolve().parents[1] / ".cache"
     stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
     optional = {k: v for k, v in {"imagenet_prior": imagenet_prior, "prior_boxes": prior_boxes,
-                                 "prior_area_power": prior_area_power, "threads": threads,
+                                 "prior_area_power": prior_area_power, "threads": threads, "flip": flip,
                                  "overlap_proposals": overlap_proposals}.items()
                 if v is not None}  # None: the settings dataclass's default
     det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
-                                    members=members, flip=flip, multibox_weight=multibox_weight,
+                                    members=members, multibox_weight=multibox_weight,
                                     image_sizes=image_sizes, **optional)
     name = proposals if isinstance(proposals, (str, Path)) else "custom"
     return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),

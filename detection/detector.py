@@ -27,9 +27,10 @@ class DetectorSettings:
     score_threshold: float = 0.01
     members: int | None = None  # use the first ``members`` members of the ensemble (None: all)
     # also classify every proposal on the mirror image and average both views' softmax (test-time augmentation;
-    # the classifiers were trained on both): twice the classifier's time (+0.36 s on chelsea, 2 cores); chosen on the
-    # held-out COCO photos (docs/classifiers.md): 30.09 -> 30.37 % with 6 members, 25.36 -> 28.62 % with one
-    flip: bool = True
+    # the classifiers were trained on both): a second trunk pass and twice the heads' time (+0.3 s on chelsea,
+    # 2 cores).  Off: with the one-pass MultiBox, on the held-out COCO photos 37.52 % without against 35.55 % with
+    # it, on val 61.05 / 61.04 % (docs/classifiers.md)
+    flip: bool = False
     # the class scores of MultiBox's boxes are multiplied by this (1: as the classifiers give them).  MultiBox's boxes
     # are 14 % of `paper`'s proposals but half of its top detections, a third of those mislocalised (SS boxes: a
     # fifth): the classifiers over-trust them.  Chosen on the held-out COCO photos (docs/classifiers.md): 30.37 ->

@@ -91,8 +91,8 @@ def test_load_detector_settings_and_errors(tmp_path):
     assert det.settings.members == 2 and det.settings.nms_iou == 0.4 and det.settings.score_threshold == 0.2
     assert det.proposals.mb is None and det.proposals.settings.selective_search.k_scale == 1.0
     assert "2 of 6" in repr(det) and "'rcnn'" in repr(det)
-    assert det.settings.flip and "flip=True" in repr(det)  # the test-time flip is on by default
-    assert not load_detector(proposals="rcnn", flip=False, cache_dir=tmp_path).settings.flip
+    assert not det.settings.flip and "flip=False" in repr(det)  # the test-time flip is off by default
+    assert load_detector(proposals="rcnn", flip=True, cache_dir=tmp_path).settings.flip
     # MultiBox's boxes' scores are halved by default (chosen on held-out COCO photos); 1 leaves them
     assert det.settings.multibox_weight == 0.5 and "multibox_weight=0.5" in repr(det)
     assert load_detector(proposals="rcnn", multibox_weight=1, cache_dir=tmp_path).settings.multibox_weight == 1

@@ -108,7 +108,8 @@ def dets_for(args) -> tuple:
     from detection import load_detector
 
     t = time.perf_counter()
-    dets = {p: load_detector(image_sizes=args.image_sizes, imagenet_prior=p == "on") for p in args.imagenet_prior}
+    dets = {(p, pr): load_detector(proposals=pr, image_sizes=args.image_sizes, imagenet_prior=p == "on")
+            for p in args.imagenet_prior for pr in args.proposals}
     return dets, (time.perf_counter() - t) / len(dets)
 
 
@@ -138,8 +139,8 @@ def _bench_api(args, loaded, busy) -> dict:
     dets, _ = loaded
     cores = len(os.sched_getaffinity(0))
     out = {"busy_processes": len(busy)}
-    variants = [(f, p, o, t) for f in args.flip for p in args.imagenet_prior for o in args.overlap
-                for t in args.threads]
+    variants = [(f, p, o, t, pr) for f in args.flip for p in args.imagenet_prior for o in args.overlap
+                for t in args.threads for pr in args.proposals]
     any_det = next(iter(dets.values()))
     for name in args.photos:
         img = getattr(skimage.data, name)()
@@ -154,8 +155,8 @@ def _bench_api(args, loaded, busy) -> dict:
                 if rep:
                     floors[t].append(fl)
             for v in variants:
-                f, p, o, t = v
-                det = dets[p]
+                f, p, o, t, pr = v
+                det = dets[(p, pr)]
                 det.settings.flip, det.settings.overlap_proposals = f == "on", o == "on"
                 det.settings.threads = t  # set by detect() before the image
                 t0 = time.perf_counter()
@@ -170,11 +171,12 @@ def _bench_api(args, loaded, busy) -> dict:
             tr = float(np.median([x["trunk"] for x in floors[t]]))
             photo["floor"][str(t)] = {"selective_search_s": ss, "trunk_s": tr, "sum_s": ss + tr}
         for v in variants:
-            f, p, o, t = v
+            f, p, o, t, pr = v
             st = stages[v]
             keys = [k for k in st[0] if not k.startswith("classify.")] + (["classify.flip_view"] if f == "on" else [])
             med = statistics.median(times[v])
-            photo["variants"][f"flip={f} prior={p} overlap={o} threads={t}"] = {
+            photo["variants"][f"flip={f} prior={p} overlap={o} threads={t}"
+                              + (f" proposals={pr}" if len(args.proposals) > 1 else "")] = {
                 "detect_median_s": med, "ratio_to_floor": med / photo["floor"][str(t)]["sum_s"],
                 "stage_median_s": {k: float(np.median([s.get(k, 0.0) for s in st])) for k in keys},
                 "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[v].to_list()[:3]]}
@@ -201,6 +203,9 @@ def main() -> None:
                         "levels, e.g. 0 3, are measured one after the other in the same run")
     p.add_argument("--imagenet-prior", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the ImageNet prior (on, the default), without it (off), or both")
+    p.add_argument("--proposals", nargs="+", default=["paper"],
+                   help="api: proposal presets to compare (e.g. paper paper_crops: one trunk pass vs MultiBox's own "
+                        "14 windows)")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
                    help="api: multi-scale testing with this image pyramid (e.g. 600 1200; default: off)")
     p.add_argument("--out", default="outputs/bench_scale")

@@ -52,7 +52,7 @@ class DetectorConfig:
     nms_iou: float = 0.3
     max_per_class: int = 100
     score_threshold: float = 0.01
-    flip: bool = True  # average each proposal's softmax with its mirror image's (test-time flip)
+    flip: bool = DetectorSettings.flip  # average each proposal's softmax with its mirror image's (test-time flip)
     multibox_weight: float = 0.5  # MultiBox's boxes' class scores times this (1: unweighted)
     image_sizes: Optional[list[int]] = None  # multi-scale testing: an image pyramid's shorter sides (None: off)
     # the ImageNet prior (detection.detector.DetectorSettings holds the defaults and says what they do)

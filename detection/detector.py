@@ -200,6 +200,7 @@ class Detector:
         if self.shared_multibox is not None:
             self.shared_multibox.check_trunk(classifier)
         self._pool = None  # the thread selective search runs in (overlap_proposals)
+        self.last_threads: int | None = None
         self.prior, self.trust = None, None
         if self.settings.imagenet_prior:
             from detection.models.imagenet_prior import build_imagenet_prior, class_trust
@@ -272,7 +273,7 @@ class Detector:
             n = self.settings.threads or max(1, free_cores())
             if torch.get_num_threads() != n:
                 set_threads(n)
-            seconds["threads"] = n
+            self.last_threads = n  # what the last image ran on
         view = mid = None
         if boxes is None:
             if self.proposals is None:

@@ -163,7 +163,7 @@ def _bench_api(args, loaded, busy) -> dict:
                 r = det.detect(img)
                 if rep:
                     times[v].append(time.perf_counter() - t0)
-                    stages[v].append(r.seconds)
+                    stages[v].append({**r.seconds, "threads": det.last_threads or t})
                 last[v] = r
         photo = out.setdefault(name, {"size": f"{img.shape[1]}x{img.shape[0]}", "floor": {}, "variants": {}})
         for t in args.threads:

@@ -17,7 +17,7 @@ from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
 __all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
-           "Detector", "detect_dataset", "set_threads", "free_cores"]
+           "Detector", "detect_dataset", "set_threads", "free_cores", "process_threads"]
 
 
 @dataclass
@@ -57,8 +57,9 @@ class DetectorSettings:
     # while the trunk runs
     overlap_proposals: bool = True
     # torch's and OpenCV's threads (process-wide, set before each image): N > 0 that many; 0 adapts to the machine,
-    # every image: all cores when it is idle, fewer when other processes are running (threads that wait for a
-    # core spin, so a busy machine slows two threads far more than one); None: leave the process's setting
+    # every image: the process's threads when it is idle (torch's count when the detector was built: all cores, or
+    # OMP_NUM_THREADS), fewer when other processes are running (threads that wait for a core spin, so a busy machine
+    # slows two threads far more than one); None: leave the process's setting
     threads: int | None = 0
 
     def __post_init__(self) -> None:
@@ -192,6 +193,8 @@ class Detector:
         self.proposals = proposals
         self.settings = settings or DetectorSettings()
         classifier.check_image_sizes(self.settings.image_sizes)  # a warp-mode model: said now, not at the first image
+        # threads=0 adapts up to the threads the process had (OMP_NUM_THREADS, torchrun's one a rank, set_num_threads)
+        self._thread_cap = process_threads()
         if self.settings.threads:
             set_threads(self.settings.threads)
         mb = getattr(proposals, "mb", None)
@@ -270,7 +273,7 @@ class Detector:
         t0 = time.perf_counter()
         seconds = {}
         if self.settings.threads is not None:
-            n = self.settings.threads or max(1, free_cores())
+            n = self.settings.threads or max(1, min(self._thread_cap, free_cores()))
             if torch.get_num_threads() != n:
                 set_threads(n)
             self.last_threads = n  # what the last image ran on
@@ -352,12 +355,26 @@ def free_cores(samples: int = 3) -> int:
     return max(0, sorted(looks)[len(looks) // 2])
 
 
+_threads = {"process": None, "set": None}  # the process's own thread count; the last count set_threads set
+
+
+def process_threads() -> int:
+    """The threads this process had before any detector adapted them: torch's count now, unless that is the count
+    :func:`set_threads` last set (then the count it had before)."""
+    now = torch.get_num_threads()
+    if _threads["process"] is None or now != _threads["set"]:
+        _threads["process"] = now
+    return _threads["process"]
+
+
 def set_threads(threads: int) -> None:
     """torch's intra-op threads and OpenCV's, process-wide."""
     import cv2
 
+    process_threads()  # remember the process's own count first
     torch.set_num_threads(int(threads))
     cv2.setNumThreads(int(threads))
+    _threads["set"] = int(threads)
 
 
 def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):

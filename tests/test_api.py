@@ -105,7 +105,7 @@ def test_load_detector_settings_and_errors(tmp_path):
     with pytest.raises(ValueError, match="image_sizes must be positive"):
         load_detector(proposals="rcnn", image_sizes=[], cache_dir=tmp_path)
     assert load_detector(cache_dir=tmp_path).proposals.settings.multibox.top_k == 200  # paper by default
-    with pytest.raises(ValueError, match="unknown proposal preset 'fast'.*paper, rcnn"):
+    with pytest.raises(ValueError, match="unknown proposal preset 'fast'.*paper, paper_crops, rcnn"):
         load_detector(proposals="fast")
     with pytest.raises(ValueError, match="members must be in 1..6"):
         load_detector(members=7, cache_dir=tmp_path)

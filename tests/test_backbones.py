@@ -151,10 +151,17 @@ def test_feature_map_and_pool_shapes(name, channels, lite0, random_googlenet):
     assert net.spec == BackboneSpec(name=name, feature_channels=channels, feature_stride=32, pooled_dim=channels,
                                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), mid_layer=net.spec.mid_layer,
                                     mid_channels=mid_channels, mid_stride=16,
-                                    stem_channels=320 if name == "lite0" else 832)
+                                    stem_channels=320 if name == "lite0" else 832,
+                                    fine_layer="blocks.2" if name == "lite0" else "",
+                                    fine_channels=40 if name == "lite0" else 0)
     with torch.no_grad():
         mid, last = net.forward_levels(torch.randn(1, 3, 224, 224))
         assert mid.shape == (1, mid_channels, 14, 14) and last.shape == (1, channels, 7, 7)
+        if name == "lite0":  # the stride-8 map a MultiBox head's fine level reads
+            fine = net.features.get_submodule(net.spec.fine_layer)(
+                net.features.blocks[1](net.features.blocks[0](net.features.bn1(net.features.conv_stem(
+                    torch.randn(1, 3, 224, 224))))))
+            assert fine.shape == (1, net.spec.fine_channels, 28, 28)
         # the map before the last block (what roi_layer=stem pools) has stem_channels at stride 32
         from detection.models.region import split_backbone
 

@@ -105,9 +105,9 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert (tmp_path / "sweep" / "1" / "errors.png").stat().st_size > 10_000
 
     # compare_detectors: one trunk pass per image gives the same figures as the separate eval_map runs
-    # ... and with the test-time flip, the default (each proposal's softmax averaged with its mirror image's)
+    # ... and with the test-time flip (each proposal's softmax averaged with its mirror image's)
     r = run(sys.executable, "tools/eval_map.py", *[o for o in ev if not o.startswith("hydra.sweep")],
-            "ensemble.size=2", f"hydra.run.dir={tmp_path / 'flip'}")
+            "ensemble.size=2", "detector.flip=true", f"hydra.run.dir={tmp_path / 'flip'}")
     assert r.returncode == 0, r.stderr[-3000:]
     flip_map = json.loads((tmp_path / "flip" / "metrics.json").read_text())["mAP"]
     report = (tmp_path / "flip" / "report.html").read_text()
@@ -138,7 +138,7 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
             "--out", str(tmp_path / "cmp_ms"), *[f"--override={o}" for o in common[1:] if not o.startswith("proposals=")])
     assert r.returncode == 0, r.stderr[-3000:]
     row, = json.loads((tmp_path / "cmp_ms" / "summary.json").read_text())
-    assert row["variant"] == "tiny-rcnn-m2-flip-ms128x256"
+    assert row["variant"] == "tiny-rcnn-m2-ms128x256"  # the detector's default: no mirror view
     assert row["mAP"] == pytest.approx(ms_map, abs=1e-6) and ms_map != flip_map
 
     # detect.py: PNG + JSON per image, a clear error for a missing file (exit status 1, the others still done)

@@ -172,8 +172,10 @@ def test_detect_sharded_weights_multibox_boxes_by_their_tags(tiny_voc, tmp_path)
     paper.selective_search.resize_width = 128
     out = {}
     for w in (1.0, 0.0):
+        # (one thread: the two runs' scores are compared to 1e-6, and sums over another thread count round
+        # differently)
         det = load_detector(proposals=paper, members=1, flip=False, multibox_weight=w, score_threshold=0.02,
-                            cache_dir=tmp_path)
+                            cache_dir=tmp_path, threads=1)
         det.proposals.extract(ds, progress=False)
         dets, _ = detect_sharded(det, ds, cache_dir=tmp_path, shard_size=2, progress=False, log=lambda *_: None)
         out[w] = dets

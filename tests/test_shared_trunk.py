@@ -212,6 +212,26 @@ def test_overlap_and_thread_settings_reach_both_stages(shared_file, photo):
         load_detector(threads=-1)
 
 
+def test_adapting_threads_stay_within_the_process_threads():
+    """threads=0 never goes above the threads the process had (OMP_NUM_THREADS, torchrun's one a rank), even after
+    an earlier detector set fewer."""
+    from detection.detector import process_threads, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert process_threads() == 2
+        set_threads(1)  # as a detector adapting on a busy machine
+        assert torch.get_num_threads() == 1 and process_threads() == 2
+        torch.set_num_threads(1)  # the user's own setting is taken as the new limit ...
+        set_threads(1)
+        assert process_threads() == 2  # ... unless it equals what the detector set last
+        torch.set_num_threads(3)
+        assert process_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_free_cores_counts_other_processes_running():
     """threads=0 adapts to the machine through free_cores: busy processes beside this one take cores away."""
     import os

@@ -333,3 +333,14 @@ def test_bench_scale_busy_processes_run_until_killed():
             p.kill()
     assert all(p.wait(timeout=10) != 0 for p in procs)
     assert bench_scale.start_busy(0) == []
+
+
+def test_bench_trunks_times_each_trunk_at_the_classifiers_scale():
+    r = subprocess.run([sys.executable, "tools/bench_trunks.py", "--trunks", "lite0", "lite2", "--repeats", "1",
+                        "--threads", "1", "--size", "160"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["lite0", "lite2"]
+    assert "160x241 pass (1 threads)" in lines[0] and "3.35 M trunk parameters" in lines[0]
+    assert "4.78 M trunk parameters" in lines[1]

@@ -54,10 +54,10 @@ def main() -> None:
                     help="a region-classifier file (repeatable); 'default' = the embedded model")
     ap.add_argument("--proposals", nargs="+", default=["paper", "ss"], choices=sorted(PROPOSAL_SETS))
     ap.add_argument("--members", type=int, nargs="+", default=[6, 1])
-    ap.add_argument("--flip", nargs="+", default=["on"], choices=["off", "on"],
-                    help="test-time flip: 'on' (the detector's default) also averages each proposal's softmax on the "
-                         "mirror image (variants named ...-flip); 'off' the image's view only; 'off on' both from "
-                         "one pass")
+    ap.add_argument("--flip", nargs="+", default=["on" if DetectorSettings.flip else "off"], choices=["off", "on"],
+                    help="test-time flip: 'on' also averages each proposal's softmax on the mirror image (variants "
+                         "named ...-flip); 'off' the image's view only; 'off on' both from one pass (default: the "
+                         "detector's)")
     ap.add_argument("--nms", type=float, nargs="+", default=[0.3],
                     help="per-class NMS IoU threshold(s); with several, each is a variant (named ...-nms0.4) of the same "
                          "pass")

@@ -323,3 +323,29 @@ def test_paper_crops_preset_runs_the_multibox_with_its_own_trunk_on_crops(photo)
     assert not src.shared and src.path.name == "multibox_lite0_crops.pt"
     boxes, scores = src(photo)
     assert float(box_iou(boxes[:5], torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat
+
+
+def test_region_features_are_the_trunk_maps_cached_with_skips_reported_and_reused(tiny_voc, tmp_path, ensemble,
+                                                                                   capsys):
+    from detection.data import read_voc
+    from detection.data.image_io import read_image_rgb
+    from proposals.multibox.train import compute_region_features
+
+    ds = read_voc(tiny_voc, name="tiny")
+    fs = compute_region_features(ds, ensemble, cache_dir=tmp_path, fine=True, progress=False)
+    assert "broken.jpg" in capsys.readouterr().out and len(fs.ids) == len(ds) - 1  # the corrupt photo, reported
+    r = next(r for r in ds.records if "chelsea" in str(r.path))
+    i = fs.ids.index(r.image_id)
+    x, _ = ensemble.prepare_image(read_image_rgb(r.path))
+    with torch.inference_mode():
+        want = ensemble.trunk_maps(x[None], fine=True)
+    for got, w in zip((fs.feats[i], fs.mids[i], fs.fines[i]), want):
+        torch.testing.assert_close(got.float(), w[0].half().float())
+    torch.testing.assert_close(fs.gts[i] * torch.tensor([451.0, 300, 451, 300]), r.boxes)
+    chunks = sorted(tmp_path.glob("*/chunk*.pt"))
+    stamp = [c.stat().st_mtime_ns for c in chunks]
+    again = compute_region_features(ds, ensemble, cache_dir=tmp_path, fine=True, progress=False)  # from the cache
+    assert [c.stat().st_mtime_ns for c in chunks] == stamp and again.ids == fs.ids
+    assert all(torch.equal(a, b) for a, b in zip(again.fines, fs.fines))
+    plain = compute_region_features(ds, ensemble, cache_dir=tmp_path, progress=False)  # without fine: cached apart
+    assert plain.fines is None and len(sorted(tmp_path.glob("*/chunk*.pt"))) == 2 * len(chunks)

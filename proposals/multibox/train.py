@@ -98,6 +98,42 @@ def _flip_boxes(g: Tensor) -> Tensor:
     return torch.stack([1 - g[:, 2], g[:, 1], 1 - g[:, 0], g[:, 3]], 1)
 
 
+def _readable(records, skipped: list[str]):
+    """``(record, RGB image)`` of each record whose image decodes; the others' errors go to ``skipped``."""
+    for r in records:
+        try:
+            yield r, read_image_rgb(r.path)
+        except ImageDecodeError as e:
+            skipped.append(str(e))
+
+
+def _norm_boxes(r) -> Tensor:
+    return r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height])
+
+
+def _cached_chunks(dataset: DetectionDataset, out_dir: Path, compute, *, desc: str, progress: bool) -> list[dict]:
+    """The chunks of ``CHUNK`` records of ``dataset``: each loaded from ``out_dir`` when there (resume), else
+    ``compute(records, skipped)`` (a dict with ``ids``), saved atomically; skipped images are reported."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = []
+    bar = {} if progress else {"disable": True}
+    for ci in progress_bar(range(math.ceil(len(dataset) / CHUNK)), desc=desc, unit="chunk", **bar):
+        path = out_dir / f"chunk{ci:05d}.pt"
+        if path.exists():
+            chunks.append(torch.load(path, weights_only=True))
+            continue
+        skipped: list[str] = []
+        chunk = {**compute(dataset.records[ci * CHUNK:(ci + 1) * CHUNK], skipped), "skipped": skipped}
+        tmp = path.with_suffix(".tmp")
+        torch.save(chunk, tmp)
+        tmp.replace(path)
+        chunks.append(chunk)
+    for c in chunks:
+        for msg in c["skipped"]:
+            print(f"{desc}: skipped {msg}")
+    return [c for c in chunks if len(c["ids"])]
+
+
 @torch.inference_mode()
 def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: str | Path, batch_size: int = 16,
                      progress: bool = True) -> FeatureSet:
@@ -109,18 +145,10 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
     key = settings_hash("multibox-features", {
         "dataset": dataset.name, "n": len(dataset), "backbone": model.cfg.backbone, "size": model.cfg.input_size,
         "mid_level": model.cfg.mid_level, "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]})})
-    out_dir = Path(cache_dir) / f"{dataset.name}-{key}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    chunks = []
-    n_chunks = math.ceil(len(dataset) / CHUNK)
-    bar = {} if progress else {"disable": True}
-    for ci in progress_bar(range(n_chunks), desc=f"features {dataset.name}", unit="chunk", **bar):
-        path = out_dir / f"chunk{ci:05d}.pt"
-        if path.exists():
-            chunks.append(torch.load(path, weights_only=True))
-            continue
-        feats, mids, gts, sizes, ids, skipped = [], [], [], [], [], []
+
+    def compute(records, skipped):
+        feats, mids, gts, sizes, ids = [], [], [], [], []
         batch: list[Tensor] = []
 
         def flush():
@@ -131,29 +159,19 @@ def compute_features(dataset: DetectionDataset, model: MultiBox, *, cache_dir: s
                     mids.append(mid.half())
                 batch.clear()
 
-        for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
-            try:
-                img = read_image_rgb(r.path)
-            except ImageDecodeError as e:
-                skipped.append(str(e))
-                continue
+        for r, img in _readable(records, skipped):
             batch.append(model.preprocess(img))
-            gts.append(r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height]))
+            gts.append(_norm_boxes(r))
             sizes.append((r.width, r.height))
             ids.append(r.image_id)
             if len(batch) >= batch_size:
                 flush()
         flush()
-        chunk = {"feats": torch.cat(feats) if feats else torch.zeros(0), "gts": gts, "sizes": sizes, "ids": ids,
-                 "skipped": skipped, "mids": torch.cat(mids) if mids else None}
-        tmp = path.with_suffix(".tmp")
-        torch.save(chunk, tmp)
-        tmp.replace(path)
-        chunks.append(chunk)
-    for c in chunks:
-        for s in c["skipped"]:
-            print(f"features: skipped {s}")
-    chunks = [c for c in chunks if len(c["ids"])]
+        return {"feats": torch.cat(feats) if feats else torch.zeros(0), "gts": gts, "sizes": sizes, "ids": ids,
+                "mids": torch.cat(mids) if mids else None}
+
+    chunks = _cached_chunks(dataset, Path(cache_dir) / f"{dataset.name}-{key}", compute,
+                            desc=f"features {dataset.name}", progress=progress)
     has_mid = bool(chunks) and chunks[0].get("mids") is not None
     return FeatureSet(feats=torch.cat([c["feats"] for c in chunks]),
                       gts=[g for c in chunks for g in c["gts"]], sizes=[tuple(s) for c in chunks for s in c["sizes"]],
@@ -175,46 +193,27 @@ def compute_region_features(dataset: DetectionDataset, ensemble, *, cache_dir: s
         "dataset": dataset.name, "n": len(dataset), "trunk": ensemble.trunk_id, "image_size": c.image_size,
         "max_image_size": c.max_image_size, "max_upscale": c.max_upscale,
         "ids": settings_hash("ids", {"ids": [r.image_id for r in dataset]}), **({"fine": True} if fine else {})})
-    out_dir = Path(cache_dir) / f"{dataset.name}-region-{key}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     ensemble.eval()
-    chunks = []
-    n_chunks = math.ceil(len(dataset) / CHUNK)
-    bar = {} if progress else {"disable": True}
-    for ci in progress_bar(range(n_chunks), desc=f"trunk maps {dataset.name}", unit="chunk", **bar):
-        path = out_dir / f"chunk{ci:05d}.pt"
-        if path.exists():
-            chunks.append(torch.load(path, weights_only=True))
-            continue
-        feats, mids, fines, gts, sizes, ids, skipped = [], [], [], [], [], [], []
-        for r in dataset.records[ci * CHUNK:(ci + 1) * CHUNK]:
-            try:
-                img = read_image_rgb(r.path)
-            except ImageDecodeError as e:
-                skipped.append(str(e))
-                continue
+
+    def compute(records, skipped):
+        chunk = {"feats": [], "mids": [], "gts": [], "sizes": [], "ids": [], **({"fines": []} if fine else {})}
+        for r, img in _readable(records, skipped):
             x, _ = ensemble.prepare_image(img)
-            last, mid, *rest = ensemble.trunk_maps(x[None], fine=fine)
-            feats.append(last[0].half().contiguous().cpu())
-            mids.append(mid[0].half().contiguous().cpu())
-            if fine:
-                fines.append(rest[0][0].half().contiguous().cpu())
-            gts.append(r.boxes / r.boxes.new_tensor([r.width, r.height, r.width, r.height]))
-            sizes.append((r.width, r.height))
-            ids.append(r.image_id)
-        chunk = {"feats": feats, "mids": mids, "gts": gts, "sizes": sizes, "ids": ids, "skipped": skipped,
-                 **({"fines": fines} if fine else {})}
-        tmp = path.with_suffix(".tmp")
-        torch.save(chunk, tmp)
-        tmp.replace(path)
-        chunks.append(chunk)
-    for ch in chunks:
-        for msg in ch["skipped"]:
-            print(f"trunk maps: skipped {msg}")
-    return FeatureSet(feats=[f for ch in chunks for f in ch["feats"]], gts=[g for ch in chunks for g in ch["gts"]],
-                      sizes=[tuple(sz) for ch in chunks for sz in ch["sizes"]], ids=[i for ch in chunks for i in ch["ids"]],
-                      mids=[m for ch in chunks for m in ch["mids"]],
-                      fines=[f for ch in chunks for f in ch["fines"]] if fine else None)
+            for name, m in zip(("feats", "mids", "fines"), ensemble.trunk_maps(x[None], fine=fine)):
+                chunk[name].append(m[0].half().contiguous().cpu())
+            chunk["gts"].append(_norm_boxes(r))
+            chunk["sizes"].append((r.width, r.height))
+            chunk["ids"].append(r.image_id)
+        return chunk
+
+    chunks = _cached_chunks(dataset, Path(cache_dir) / f"{dataset.name}-region-{key}", compute,
+                            desc=f"trunk maps {dataset.name}", progress=progress)
+
+    def cat(name):
+        return [t for ch in chunks for t in ch[name]]
+
+    return FeatureSet(feats=cat("feats"), gts=cat("gts"), sizes=[tuple(sz) for sz in cat("sizes")], ids=cat("ids"),
+                      mids=cat("mids"), fines=cat("fines") if fine else None)
 
 
 def split_features(features: FeatureSet, ids: set[str]) -> tuple[FeatureSet, FeatureSet]:

@@ -9,6 +9,7 @@ shards are gathered on rank 0, which alone needs them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,15 +22,23 @@ import torch
 from detection.data.records import DetectionDataset
 from detection.detector import Detector, detect_dataset
 from detection.evaluation.detections import Detections
+from detection.files import atomic_torch_save
 
 __all__ = ["run_key", "detect_sharded", "restrict_to_scored"]
 
-# the code whose changes change the detections (relative to the project root)
-_SOURCES = ["detection/detector.py", "detection/crops.py", "detection/boxes.py", "detection/models/region.py",
-            "detection/models/backbones.py", "detection/models/imagenet_prior.py", "detection/data/image_io.py",
-            "detection/sharded.py",
-            "proposals/merge.py", "proposals/pipeline.py", "proposals/multibox/model.py"]
 SHARD_FORMAT = 2
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A hash of the package's own Python files, wherever it is installed: a shard computed by other code is never
+    reused (over-inclusive on purpose: a change anywhere in the package starts new shards)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def _tensor_digest(h, state: dict) -> None:
@@ -65,11 +74,7 @@ def run_key(detector: Detector, dataset: DetectionDataset, shard_size: int) -> s
         except OSError:
             stamp = "unreadable"
         h.update(f"{r.image_id}\t{r.path}\t{stamp}\n".encode())
-    root = Path(__file__).resolve().parents[1]
-    for s in _SOURCES:
-        p = root / s
-        if p.is_file():
-            h.update(p.read_bytes())
+    h.update(code_digest().encode())
     return h.hexdigest()[:12]
 
 
@@ -83,12 +88,6 @@ def restrict_to_scored(dets: Detections, dataset: DetectionDataset, positions: l
     remap = {old: new for new, old in enumerate(positions)}
     image = torch.tensor([remap[i] for i in dets.image.tolist()], dtype=torch.int64)
     return Detections(image, dets.boxes, dets.scores, dets.labels), dataset.subset(positions)
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: str | Path, shard_size: int = 50,
@@ -142,7 +141,7 @@ def detect_sharded(detector: Detector, dataset: DetectionDataset, *, cache_dir: 
                         "scores": dets.scores, "labels": dets.labels, "positions": [p + lo for p in st["positions"]],
                         "skipped": st["skipped"], "seconds": {**st["seconds"], "wall": time.perf_counter() - t},
                         "proposals": st["proposals_per_image"] * len(st["positions"])}
-                _save_atomic(part, path)
+                atomic_torch_save(part, path)
                 computed += 1
             results.append(part)
             bar.update(hi - lo)

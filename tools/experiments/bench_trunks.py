@@ -2,8 +2,8 @@
 """One pass of each EfficientNet-Lite trunk over a photo at the region classifiers' scale (shorter side 600 px),
 BatchNorms folded as the detector runs them: median seconds and the trunk's size.
 
-    python tools/bench_trunks.py                       # lite0 lite2 lite1 lite0 lite2, chelsea, 2 threads
-    python tools/bench_trunks.py --trunks lite0 lite2 --repeats 11 --threads 1
+    python tools/experiments/bench_trunks.py                       # lite0 lite2 lite1 lite0 lite2, chelsea, 2 threads
+    python tools/experiments/bench_trunks.py --trunks lite0 lite2 --repeats 11 --threads 1
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 DET classes (the 1 000 ImageNet probabilities folded into the 200 classes) each boxed by the whole photo, scored with
 top-k localisation (``eval.protocol=loc``) beside the detector.
 
-    python tools/whole_photo.py --split breadth_tiny_val --out results/whole_photo_tiny_val
+    python tools/experiments/whole_photo.py --split breadth_tiny_val --out results/whole_photo_tiny_val
 
 Writes ``<out>/detections.json`` (COCO results; ``tools/eval_map.py detections=... eval.protocol=loc`` scores it
 again) and ``<out>/metrics.json``; prints the localisation table, split into the classes the embedded region
@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
@@ -29,7 +29,7 @@ hs.register_schemas()
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.evaluation import Detections, GroundTruth, write_coco_results
-    from detection.evaluation.io import atomic_write_text
+    from detection.files import atomic_write_text
     from detection.evaluation.loc import evaluate_loc, format_loc, training_groups
     from detection.models.imagenet_prior import build_imagenet_prior
     from detection.models.region import load_ensemble

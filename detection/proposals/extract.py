@@ -20,8 +20,8 @@ from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import DetectionDataset
-from proposals.cache import DatasetCache, ProposalCache, file_sha1
-from proposals.selective_search import SelectiveSearchSettings, selective_search
+from detection.proposals.cache import DatasetCache, ProposalCache, file_sha1
+from detection.proposals.selective_search import SelectiveSearchSettings, selective_search
 
 __all__ = ["ProposalSource", "SelectiveSearchSource", "ExtractStats", "extract_split"]
 
@@ -155,7 +155,7 @@ def extract_split(dataset: DetectionDataset, source: ProposalSource, *, cache_ro
             _consume(results, stats, pbar)
         else:
             # spawn, not fork: a parent that has already run OpenCV (its thread pool) or torch deadlocks its forked
-            # children (seen: tools/bench_proposals.py after an in-process selective search hung forever).
+            # children (seen: tools/experiments/bench_proposals.py after an in-process selective search hung forever).
             ctx = mp.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(source, str(cache_root), threads_per_worker)) as pool:
                 _consume(pool.imap_unordered(_compute_one, todo, chunksize=1), stats, pbar)

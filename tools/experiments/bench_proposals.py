@@ -6,7 +6,7 @@
 2. Extraction throughput: ``extract_split`` with 2 worker processes against 1, on the first N images of a split,
    each into a fresh cache.
 
-    python tools/bench_proposals.py --images 40 --data-root ../shared/data
+    python tools/experiments/bench_proposals.py --images 40 --data-root ../shared/data
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from detection.data import read_coco, read_image_rgb
 from detection.data.records import DetectionDataset
-from proposals.extract import SelectiveSearchSource, extract_split
-from proposals.selective_search import SelectiveSearchSettings, selective_search
+from detection.proposals.extract import SelectiveSearchSource, extract_split
+from detection.proposals.selective_search import SelectiveSearchSettings, selective_search
 
 
 def bench_overhead(paths: list[Path], settings: SelectiveSearchSettings) -> dict:
@@ -57,7 +57,7 @@ def bench_workers(dataset: DetectionDataset, settings: SelectiveSearchSettings) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

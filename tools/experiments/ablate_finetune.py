@@ -12,9 +12,9 @@ object, whether its best well-localised proposal (IoU >= 0.5) outscores its best
 ``tools/extract_proposals.py --split train``, or ``--extract`` for the images the run takes); images without them
 are counted and left out.
 
-    python tools/ablate_finetune.py --stages 0 1 2 --epochs 3 --train-images 600 --dev-images 150
-    python tools/ablate_finetune.py --stages 2 --fg-iou 0.5 0.6 0.7 --dev-every 5    # the positives' IoU threshold
-    python tools/ablate_finetune.py --backbones lite0 lite1 lite2 --stages 0 --members 1 \
+    python tools/experiments/ablate_finetune.py --stages 0 1 2 --epochs 3 --train-images 600 --dev-images 150
+    python tools/experiments/ablate_finetune.py --stages 2 --fg-iou 0.5 0.6 0.7 --dev-every 5    # the positives' IoU threshold
+    python tools/experiments/ablate_finetune.py --backbones lite0 lite1 lite2 --stages 0 --members 1 \
         --proposals-override proposals.multibox.top_k=0          # which trunk (selective search k x 2 alone)
 """
 from __future__ import annotations
@@ -33,19 +33,19 @@ from torchvision.ops import box_iou
 from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
 from detection.data.records import DetectionDataset  # noqa: E402
-from detection.detector import postprocess  # noqa: E402
+from detection.detector import Detector, DetectorSettings  # noqa: E402
 from detection.evaluation import evaluate  # noqa: E402
 from detection.evaluation.detections import Detections  # noqa: E402
 from detection.models.backbones import build_backbone  # noqa: E402
 from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
 from detection.training.finetune import train_finetuned  # noqa: E402
 from detection.training.roi import MemberSettings  # noqa: E402
-from proposals.pipeline import ProposalStage  # noqa: E402
+from detection.proposals.pipeline import ProposalStage  # noqa: E402
 
 
 def carve_dev(ds: DetectionDataset, proposals: list, *, every: int) -> tuple[list[int], list[int]]:
@@ -81,8 +81,10 @@ def dev_scores(model: RegionEnsemble, dev: DetectionDataset, props: list, *, nms
                         wins += int(score[good].max() >= score[poor].max())
     out = {"wins": wins, "contests": total}
     for t in nms:
+        # scored by the detector's own step (Detector.score): the region classifiers alone, per-class NMS at t
+        det = Detector(classifier=model, settings=DetectorSettings(nms_iou=t, imagenet_prior=False, threads=None))
         for key, probs in (("mAP", probs6), ("mAP_member0", probs1)):
-            per = [postprocess(p, pr, nms_iou=t) for p, pr in zip(props, probs)]
+            per = [det.score(p, pr) for p, pr in zip(props, probs)]
             out[f"{key}@nms{t:g}"] = evaluate(Detections.from_per_image(per), dev).map
     return out
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What a training split teaches: boxes per DET class and per source, and the classes with enough boxes.
 
-    python tools/dataset_stats.py --split train breadth_train --min-boxes 20 [--extra-root PATH] [--json out.json]
+    python tools/experiments/dataset_stats.py --split train breadth_train --min-boxes 20 [--extra-root PATH] [--json out.json]
 
 For each split: images, boxes, positives-only photos, and per source (a composite's parts) the photos, boxes and
 classes it brings (``--json``: also its boxes per class, which ``compare_classes.py --stats`` reads); then the
@@ -15,9 +15,9 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 
 def split_stats(dataset, *, min_boxes: int) -> dict:

@@ -10,22 +10,22 @@ import torch
 from torch import Tensor
 
 from detection.data.records import DetectionDataset
-from proposals.cache import DatasetCache, file_sha1
-from proposals.extract import ExtractStats, SelectiveSearchSource, extract_split
-from proposals.merge import merge_proposals
-from proposals.selective_search import SelectiveSearchSettings
+from detection.proposals.cache import DatasetCache, file_sha1
+from detection.proposals.extract import ExtractStats, SelectiveSearchSource, extract_split
+from detection.proposals.merge import merge_proposals
+from detection.proposals.selective_search import SelectiveSearchSettings
 
 __all__ = ["MultiBoxSettings", "ProposalSettings", "MultiBoxSource", "ProposalStage", "proposal_presets",
            "load_proposal_settings"]
 
-# the proposal presets (configs/proposals/*.yaml) live in the source tree beside the packages
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "proposals"
+# the proposal presets ship inside the package (package data): detection/proposals/presets/*.yaml
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
 class MultiBoxSettings:
     top_k: int = 200
-    # a saved MultiBox file, or the name of one shipped in proposals/multibox/weights/; None: the embedded default
+    # a saved MultiBox file, or the name of one shipped in detection/models/weights/; None: the embedded default
     model: str | None = None
     # a MultiBox head on the region classifiers' trunk (the embedded default) reads the maps of this region model
     # (None: the embedded classifiers); inside a detector, the detector's own classifiers
@@ -44,7 +44,7 @@ class MultiBoxSettings:
 
 @dataclass
 class ProposalSettings:
-    """Everything that defines the proposal stage (``configs/proposals/*.yaml``)."""
+    """Everything that defines the proposal stage (``detection/proposals/presets/*.yaml``)."""
 
     selective_search: SelectiveSearchSettings = field(default_factory=SelectiveSearchSettings)
     multibox: MultiBoxSettings = field(default_factory=MultiBoxSettings)
@@ -54,7 +54,7 @@ class ProposalSettings:
 
     @classmethod
     def from_dict(cls, c: dict) -> "ProposalSettings":
-        """From a plain dict shaped like ``configs/proposals/*.yaml`` (missing keys keep their defaults)."""
+        """From a plain dict shaped like ``detection/proposals/presets/*.yaml`` (missing keys keep their defaults)."""
         unknown = set(c) - {"selective_search", "multibox", "dedup_iou", "min_size"}
         if unknown:
             raise ValueError(f"unknown proposal settings: {', '.join(sorted(unknown))}")
@@ -73,7 +73,8 @@ def proposal_presets() -> list[str]:
 
 
 def load_proposal_settings(preset: "str | Path | ProposalSettings") -> ProposalSettings:
-    """A preset name (``"paper"``, ``"rcnn"``), a YAML file shaped like ``configs/proposals/*.yaml``, or settings."""
+    """A preset name (``"paper"``, ``"rcnn"``), a YAML file shaped like ``detection/proposals/presets/*.yaml``, or
+    settings."""
     from omegaconf import OmegaConf
 
     if isinstance(preset, ProposalSettings):
@@ -82,7 +83,7 @@ def load_proposal_settings(preset: "str | Path | ProposalSettings") -> ProposalS
     if path.suffix not in (".yaml", ".yml"):
         path = PRESET_DIR / f"{preset}.yaml"
         if not path.is_file():
-            have = ", ".join(proposal_presets()) or f"none: {PRESET_DIR} not found (install from a checkout)"
+            have = ", ".join(proposal_presets()) or f"none: {PRESET_DIR} is missing (a broken install)"
             raise ValueError(f"unknown proposal preset {str(preset)!r}; choose one of {have}, or give a .yaml file")
     elif not path.is_file():
         raise FileNotFoundError(f"{path}: proposal settings file not found")
@@ -112,8 +113,8 @@ class MultiBoxSource:
 
     def __init__(self, model_path: str | Path | None = None, *, crops: Sequence[Sequence[float]] = (),
                  drop_cut: bool = False, device: str | torch.device = "cpu", region_model: str | Path | None = None):
-        from proposals.multibox import default_model_path
-        from proposals.multibox.model import crop_windows, multibox_trunk
+        from detection.proposals.multibox import default_model_path
+        from detection.proposals.multibox.model import crop_windows, multibox_trunk
 
         crop_windows(100, 100, levels=crops)  # invalid settings fail here, not in a worker
         self.crops = [[int(g), float(f)] for g, f in crops]
@@ -145,7 +146,7 @@ class MultiBoxSource:
         """The network, loaded on first use (BatchNorms folded: inference only)."""
         if self._model is None:
             from detection.models.backbones import fold_batchnorm
-            from proposals.multibox.model import load_multibox
+            from detection.proposals.multibox.model import load_multibox
 
             model = load_multibox(self.path).eval()
             if not self.shared:

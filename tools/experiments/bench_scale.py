@@ -2,10 +2,10 @@
 """Benchmarks of running at scale: eval_map.py on 1 rank vs 2 torchrun ranks, a joblib sweep vs the sequential one,
 and the Python API's latency.
 
-    python tools/bench_scale.py                       # all three, val with cached proposals (about 30 min on 2 cores)
-    python tools/bench_scale.py --only eval --limit 200
-    python tools/bench_scale.py --only api --repeats 3 --threads 2
-    python tools/bench_scale.py --only api --busy 0 3 --threads 1 2 --overlap on off   # idle vs 3 busy processes
+    python tools/experiments/bench_scale.py                       # all three, val with cached proposals (about 30 min on 2 cores)
+    python tools/experiments/bench_scale.py --only eval --limit 200
+    python tools/experiments/bench_scale.py --only api --repeats 3 --threads 2
+    python tools/experiments/bench_scale.py --only api --busy 0 3 --threads 1 2 --overlap on off   # idle vs 3 busy processes
 
 Each eval_map run recomputes its detections (``resume=false``) with one thread per rank, so the comparison is
 1 core against 2.  Prints a table and writes ``bench_scale.json`` (in ``--out``).  Proposals must be cached for the
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(cmd: list[str], log: Path, threads: int = 1) -> float:

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from detection.data.records import DetectionDataset
-from proposals.coverage import coverage
-from proposals.merge import SOURCE_MULTIBOX, SOURCE_SELECTIVE_SEARCH
+from detection.files import atomic_write
+from detection.proposals.coverage import coverage
+from detection.proposals.merge import SOURCE_MULTIBOX, SOURCE_SELECTIVE_SEARCH
 
 __all__ = ["proposal_report", "format_report", "plot_coverage"]
 
@@ -69,8 +70,5 @@ def plot_coverage(rep: dict, path: str | Path, *, label: str = "") -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    tmp.replace(path)

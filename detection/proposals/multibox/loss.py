@@ -2,7 +2,6 @@
 ``alpha * 1/2 ||l - g||^2`` over matched pairs + logistic confidence loss (Erhan et al. 2014, eq. 1-3)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment

@@ -7,9 +7,9 @@ objects, which is part of using it) with ``time.perf_counter`` and prints second
 The two mAPs differ by design (different protocols: ILSVRC's adaptive IoU threshold and all-points AP vs
 COCO's 101-point AP at IoU 0.5 with at most 100 detections per image and class); only the times are compared.
 
-    python tools/bench_eval.py                                  # 5000 images, 1M detections (minutes)
-    python tools/bench_eval.py --images 200 --dets 20000        # quick check
-    python tools/bench_eval.py --skip-coco --json bench.json    # ours only, figures written as JSON
+    python tools/experiments/bench_eval.py                                  # 5000 images, 1M detections (minutes)
+    python tools/experiments/bench_eval.py --images 200 --dets 20000        # quick check
+    python tools/experiments/bench_eval.py --skip-coco --json bench.json    # ours only, figures written as JSON
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detection.models.backbones import Backbone, build_backbone
+from detection.files import atomic_torch_save
 
 __all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "save_multibox",
            "load_multibox", "multibox_trunk"]
@@ -184,7 +185,7 @@ class MultiBox(nn.Module):
         larger: small objects that are under a cell of the whole-image maps become findable.  With ``drop_cut`` a
         crop's boxes that reach one of its edges inside the image (within 2 % of the crop's side) are dropped: they
         are objects cut by the crop, which a larger window sees whole.  Near-duplicates across windows remain
-        (the merge removes them with NMS before taking a top k, see :func:`proposals.merge.merge_proposals`).
+        (the merge removes them with NMS before taking a top k, see :func:`~detection.proposals.merge.merge_proposals`).
         """
         h, w = image_rgb.shape[:2]
         windows = crop_windows(w, h, levels=crops)
@@ -219,7 +220,7 @@ class SharedMultiBox(nn.Module):
 
     ``trunk_id`` names the trunk it was trained on (:attr:`RegionEnsemble.trunk_id
     <detection.models.region.RegionEnsemble.trunk_id>`); its boxes are only meaningful on maps of that trunk, so the
-    detector and :class:`proposals.pipeline.MultiBoxSource` check it.
+    detector and :class:`~detection.proposals.pipeline.MultiBoxSource` check it.
     """
 
     def __init__(self, *, cfg: MultiBoxConfig, priors: Tensor, trunk_id: str = ""):
@@ -300,11 +301,7 @@ def save_multibox(model: MultiBox, path: str | os.PathLike, *, record: dict | No
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.head.state_dict().items()}
     blob = {"config": asdict(model.cfg), "priors": model.priors.cpu(), "head": state, "record": record or {},
             "trunk_id": getattr(model, "trunk_id", "")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_torch_save(blob, path)
 
 
 def multibox_trunk(path: str | os.PathLike) -> str:

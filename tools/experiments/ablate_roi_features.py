@@ -9,7 +9,7 @@ train split, then scored (ILSVRC protocol) on the first images of val with ``pap
 where missing).  It also counts, per val object, whether its best well-localised proposal (IoU >= 0.5) outscores
 its best poorly-localised one (0.1 <= IoU < 0.5): features that cannot tell them apart lose the object in NMS.
 
-    python tools/ablate_roi_features.py --train-images 600 --val-images 150        # README figures, ~10 min
+    python tools/experiments/ablate_roi_features.py --train-images 600 --val-images 150        # README figures, ~10 min
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from torchvision.ops import box_iou, roi_align
 from detection.progress import progress as progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 
@@ -56,7 +56,7 @@ def load_split(name: str, n: int, *, train: bool, data_root: str | None):
     idx = (torch.randperm(len(ds.records), generator=torch.Generator().manual_seed(1))[:n].tolist() if train
            else list(range(min(n, len(ds.records)))))
     ds.records = [ds.records[i] for i in idx]
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage
 
     stage = ProposalStage(hs.proposal_settings(cfg.proposals), cache_root=hs.resolve_cache_dir(cfg) / "proposals")
     stage.extract(ds, workers=1)

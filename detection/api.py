@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from detection.detector import DetectionResult, Detector, DetectorSettings
+from detection.detector import DetectionResult, Detector, DetectorSettings, LoadSettings
 
-__all__ = ["load_detector", "ObjectDetector", "ImageDetections", "as_rgb_array", "ImageInputError"]
+__all__ = ["load_detector", "split_settings", "ObjectDetector", "ImageDetections", "as_rgb_array", "ImageInputError"]
 
 
 class ImageInputError(ValueError):
@@ -75,23 +75,27 @@ class ImageDetections(DetectionResult):
         return f"ImageDetections({src}{len(self)} detections{': ' + top if top else ''})"
 
 
-def as_rgb_array(image) -> np.ndarray:
+def as_rgb_array(image, *, upright: bool = True) -> np.ndarray:
     """``uint8[H, W, 3]`` RGB from a path, a PIL image, a numpy array (``H×W`` grey, ``H×W×3`` RGB or ``H×W×4`` RGBA)
-    or a uint8 tensor (``3×H×W``, torchvision's layout).  Raises ``ValueError`` naming the problem (an unreadable
-    file: :class:`~detection.data.image_io.ImageDecodeError`, a ``ValueError`` naming the file)."""
+    or a uint8 tensor (``3×H×W``, torchvision's layout).  A file or PIL image is turned upright by its EXIF
+    orientation (a phone photo stored sideways is detected as it is viewed; ``upright=False``: the stored pixels, as
+    dataset annotations need).  Raises ``ValueError`` naming the problem (an unreadable file:
+    :class:`~detection.data.image_io.ImageDecodeError`, naming the file)."""
     from detection.data.image_io import ImageDecodeError, read_image_rgb
 
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise ImageDecodeError(image, "no such file")
-        return read_image_rgb(image)
+        return read_image_rgb(image, upright=upright)
     try:
         from PIL import Image
 
         if isinstance(image, Image.Image):
             from detection.data.image_io import pil_to_rgb
+            from detection.data.image_io import upright as turn_upright
 
-            return np.ascontiguousarray(pil_to_rgb(image))  # 16-bit, palette, CMYK as read_image_rgb does
+            # 16-bit, palette, CMYK as read_image_rgb does
+            return np.ascontiguousarray(pil_to_rgb(turn_upright(image) if upright else image))
     except ImportError:  # pragma: no cover - Pillow is a dependency
         pass
     if isinstance(image, torch.Tensor):
@@ -184,71 +188,58 @@ class ObjectDetector(Detector):
                 f"device={self.device!r})")
 
 
-def load_detector(model: str | Path | None = None, *, proposals="paper", device: str = "cpu",
-                  members: int | None = None, nms_iou: float = 0.3, score_threshold: float = 0.05,
-                  max_per_class: int = 100, flip: bool | None = None, multibox_weight: float = 0.5,
-                  image_sizes: tuple[int, ...] | list[int] | None = None,
-                  imagenet_prior: bool | None = None, prior_boxes: float | None = None,
-                  prior_area_power: float | None = None, threads: int | None = None,
-                  overlap_proposals: bool | None = None,
-                  cache_dir: str | Path | None = None,
-                  backbone_weights: str | None = "imagenet") -> ObjectDetector:
+def split_settings(overrides: dict) -> tuple[dict, dict]:
+    """``{name: value}`` -> (:class:`~detection.detector.LoadSettings` fields, :class:`DetectorSettings` fields);
+    ``TypeError`` naming an unknown setting and listing the known ones."""
+    load_names = {f.name for f in fields(LoadSettings)}
+    det_names = {f.name for f in fields(DetectorSettings)}
+    unknown = sorted(set(overrides) - load_names - det_names)
+    if unknown:
+        raise TypeError(f"load_detector() got unknown setting{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(unknown)}; the settings are {', '.join(sorted(load_names | det_names))}")
+    return ({k: v for k, v in overrides.items() if k in load_names},
+            {k: v for k, v in overrides.items() if k in det_names})
+
+
+def load_detector(model: str | Path | None = None, *, settings: DetectorSettings | None = None,
+                  **overrides) -> ObjectDetector:
     """The detector, ready to run.
 
     Args:
         model: a region-classifier file (``tools/train_classifier.py``); ``None``: the embedded default (offline).
-        proposals: ``"paper"`` (selective search with superpixels ×2 + the top 200 MultiBox boxes), ``"rcnn"``
-            (selective search alone), another preset of ``configs/proposals/``, a YAML file shaped like them, or a
-            :class:`~proposals.pipeline.ProposalSettings`.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...  (both the classifiers and MultiBox run there).
-        members: use the first N members of the ensemble (``None``: all six).
-        nms_iou / score_threshold / max_per_class: the per-class NMS and what is kept per image.
-        flip: also classify every proposal on the mirror image and average the two views' softmax (a second trunk
-            pass; ``None``: the settings default, off).
-        multibox_weight: the class scores of MultiBox's boxes are multiplied by this (0.5, chosen on held-out COCO
-            photos: the classifiers over-trust those boxes); 1: as the classifiers give them.
-        image_sizes: multi-scale testing, e.g. ``(600, 1200)``: each proposal is classified on the level of this
-            image pyramid (shorter sides) where its area is closest to 224²; ``None`` (the default): the model's
-            own scale.  Helps small objects at 3.4-4x the classifier's time (docs/breadth.md, "Small objects and
-            multi-scale testing").
-        imagenet_prior: fuse the region classifiers' scores with the trunk's own ImageNet classifier, folded into
-            the 200 classes, so that classes without training boxes are detected too (``None``: the
-            :class:`~detection.detector.DetectorSettings` default, on); ``False``: the region classifiers alone.
-        prior_boxes: a class with n training boxes trusts the region classifiers n / (n + prior_boxes), the
-            ImageNet classifier for the rest (``None``: the settings default).
-        prior_area_power: the ImageNet evidence of a box is scaled by (its share of the image's area) to this
-            power, which favours whole objects over their parts (``None``: the settings default; 0: off).
-        threads: torch's (and OpenCV's) threads, process-wide, set before each image; 0 adapts them to the machine
-            (all cores when idle, fewer beside busy processes); ``None``: the settings default.
-        overlap_proposals: run selective search in a thread while the trunk runs (``None``: the settings default).
-        cache_dir: where a dataset's proposals are cached (``None``: ``<project>/.cache``).
-        backbone_weights: for a model file without its trunk weights (the paper configuration) and for the ImageNet
-            prior: ``"imagenet"``, a local ``.pth`` file, or ``None`` (random, which the prior refuses).
+        settings: the scoring settings whole (:class:`~detection.detector.DetectorSettings`); ``None``: its
+            defaults.
+        **overrides: any field of :class:`~detection.detector.LoadSettings` (``proposals``, ``device``,
+            ``backbone_weights``, ``cache_dir``) or of :class:`~detection.detector.DetectorSettings` (``members``,
+            ``nms_iou``, ``score_threshold``, ``max_per_class``, ``flip``, ``multibox_weight``, ``image_sizes``,
+            ``imagenet_prior``, ``prior_boxes``, ``prior_area_power``, ``overlap_proposals``, ``threads``), by name;
+            the dataclasses hold each default and say what it does.  ``proposals`` may also be a
+            :class:`~detection.proposals.pipeline.ProposalSettings`.
     Raises:
-        FileNotFoundError (a model file that does not exist), ValueError (a bad preset or setting).
+        TypeError (an unknown setting), ValueError (a setting out of range, a bad preset: raised before any weights
+        load), FileNotFoundError (a model file that does not exist).
     """
+    from dataclasses import replace
+
     from detection.models.region import load_ensemble
-    from proposals.pipeline import ProposalStage, load_proposal_settings
+    from detection.paths import resolve_cache_dir
+    from detection.proposals.pipeline import ProposalStage, load_proposal_settings
 
-    settings = load_proposal_settings(proposals)
-    dev = torch.device(device)
+    load_kw, det_kw = split_settings(overrides)
+    proposals = load_kw.pop("proposals", LoadSettings.proposals)
+    preset_name = str(proposals) if isinstance(proposals, (str, Path)) else "custom"
+    if not isinstance(proposals, (str, Path)):
+        load_kw["proposals"] = "custom"
+    load = LoadSettings(model=str(model) if model is not None else None, **load_kw)
+    det_settings = replace(settings or DetectorSettings(), **det_kw)  # validated on construction
+    psettings = load_proposal_settings(proposals)
+    dev = torch.device(load.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here")
+        raise ValueError(f"device={load.device!r} but CUDA is not available here")
     # BatchNorms folded into the convolutions: the same scores to float rounding, faster (not for training)
-    classifier = load_ensemble(model, device=dev, backbone_weights=backbone_weights).fuse_for_inference()
-    if members is not None and not 1 <= members <= classifier.cfg.members:
-        raise ValueError(f"members must be in 1..{classifier.cfg.members}, got {members}")
-    if cache_dir is None:
-        cache_dir = Path(__file__).resolve().parents[1] / ".cache"
-    stage = ProposalStage(settings, cache_root=Path(cache_dir) / "proposals", device=dev)
-    optional = {k: v for k, v in {"imagenet_prior": imagenet_prior, "prior_boxes": prior_boxes,
-                                 "prior_area_power": prior_area_power, "threads": threads, "flip": flip,
-                                 "overlap_proposals": overlap_proposals}.items()
-                if v is not None}  # None: the settings dataclass's default
-    det_settings = DetectorSettings(nms_iou=nms_iou, max_per_class=max_per_class, score_threshold=score_threshold,
-                                    members=members, multibox_weight=multibox_weight,
-                                    image_sizes=image_sizes, **optional)
-    name = proposals if isinstance(proposals, (str, Path)) else "custom"
-    return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=str(name),
-                          device=str(dev), backbone_weights=backbone_weights)
-
+    classifier = load_ensemble(model, device=dev, backbone_weights=load.backbone_weights).fuse_for_inference()
+    if det_settings.members is not None and det_settings.members > classifier.cfg.members:
+        raise ValueError(f"members must be in 1..{classifier.cfg.members}, got {det_settings.members}")
+    stage = ProposalStage(psettings, cache_root=resolve_cache_dir(load.cache_dir) / "proposals", device=dev)
+    return ObjectDetector(classifier=classifier, proposals=stage, settings=det_settings, proposal_preset=preset_name,
+                          device=str(dev), backbone_weights=load.backbone_weights)

@@ -16,66 +16,92 @@ from torchvision.ops import batched_nms
 from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
-__all__ = ["DetectorSettings", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
+__all__ = ["DetectorSettings", "LoadSettings", "setting", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
            "Detector", "detect_dataset", "set_threads", "free_cores", "process_threads"]
+
+
+def setting(default, help: str):
+    """A settings field: its default and what it does (the tools' ``--help`` and the docs read ``help``)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class DetectorSettings:
-    nms_iou: float = 0.3  # R-CNN's per-class NMS threshold
-    max_per_class: int = 100  # per image
-    score_threshold: float = 0.01
-    members: int | None = None  # use the first ``members`` members of the ensemble (None: all)
-    # also classify every proposal on the mirror image and average both views' softmax (test-time augmentation;
-    # the classifiers were trained on both): a second trunk pass and twice the heads' time (+0.3 s on chelsea,
-    # 2 cores).  Off: with the one-pass MultiBox, on the held-out COCO photos 37.52 % without against 35.55 % with
-    # it, on val 61.05 / 61.04 % (docs/classifiers.md)
-    flip: bool = False
-    # the class scores of MultiBox's boxes are multiplied by this (1: as the classifiers give them).  MultiBox's boxes
-    # are 14 % of `paper`'s proposals but half of its top detections, a third of those mislocalised (SS boxes: a
-    # fifth): the classifiers over-trust them.  Chosen on the held-out COCO photos (docs/classifiers.md): 30.37 ->
-    # 32.56 % with 6 members (SS alone 31.60, rcnn 31.57)
-    multibox_weight: float = 0.5
-    # multi-scale testing (Fast R-CNN): shorter sides of an image pyramid, e.g. (600, 1200); each proposal is pooled
-    # from the level where its area is closest to 224^2.  None: the model's own image_size.  Off by default: on the
-    # held-out COCO photos it helps the classes of many small objects (person +10, car +11 AP; val 62.06 -> 62.30 %)
-    # but costs 3.4-4x the classifier's time and the mAP of 1-3-object classes (COCO 37.68 -> 34.91 %; docs/breadth.md,
-    # "Small objects and multi-scale testing")
-    image_sizes: tuple[int, ...] | None = None
-    # class evidence for every proposal from the trunk's own ImageNet classifier, folded into the 200 classes
-    # (detection.models.imagenet_prior) and fused with the region classifiers' scores by a per-class trust: a class
-    # the classifiers have few training boxes of is named by the ImageNet classifier, placed by their objectness
-    # (fuse_imagenet).  False: the region classifiers alone
-    imagenet_prior: bool = True
-    # a class with n training boxes trusts the region classifiers n / (n + prior_boxes) (LSDA's idea: the
-    # detector where it has learned, the classifier where it has not)
-    prior_boxes: float = 20.0
-    # the ImageNet evidence of a box is scaled by (box area / image area) ** prior_area_power: a part of an object
-    # (a dog's head) looks as much like its class to an ImageNet classifier as the whole object; 0 turns it off
-    prior_area_power: float = 0.25
-    # with a MultiBox head on the classifiers' trunk, selective search (OpenCV, outside the GIL) runs in a thread
-    # while the trunk runs
-    overlap_proposals: bool = True
-    # torch's and OpenCV's threads (process-wide, set before each image): N > 0 that many; 0 adapts to the machine,
-    # every image: the process's threads when it is idle (torch's count when the detector was built: all cores, or
-    # OMP_NUM_THREADS), fewer when other processes are running (threads that wait for a core spin, so a busy machine
-    # slows two threads far more than one); None: leave the process's setting
-    threads: int | None = 0
+    """How the detector scores proposals: the one place these defaults are written.
+
+    ``load_detector(**settings)``, the Hydra tools' ``detector.*`` node and ``detect.py``'s options are built from
+    these fields (one name each); :meth:`validate` runs on construction, before any weights load."""
+
+    members: int | None = setting(None, "use the first N members of the ensemble (None: all)")
+    nms_iou: float = setting(0.3, "per-class NMS IoU threshold (R-CNN's 0.3)")
+    score_threshold: float = setting(0.01, "keep detections scoring at least this")
+    max_per_class: int = setting(100, "detections kept per class and image")
+    flip: bool = setting(False, "also classify every proposal on the mirror image and average both views' softmax: "
+                                "a second trunk pass and twice the heads' time, no gain measured (docs/classifiers.md)")
+    multibox_weight: float = setting(0.5, "the class scores of MultiBox's boxes are multiplied by this (1: as the "
+                                          "classifiers give them); the classifiers over-trust those boxes")
+    image_sizes: tuple[int, ...] | None = setting(
+        None, "multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is classified on "
+              "the level where its area is closest to 224^2 (small objects gain, at 3.4-4x the classifier's time); "
+              "None: the model's own scale")
+    imagenet_prior: bool = setting(True, "fuse the region classifiers' scores with the trunk's own ImageNet "
+                                         "classifier folded into the 200 classes, so that classes without training "
+                                         "boxes are found too (docs/all_classes.md); off: the region classifiers "
+                                         "alone")
+    prior_boxes: float = setting(20.0, "a class with n training boxes trusts the region classifiers n / (n + N), the "
+                                       "ImageNet classifier for the rest")
+    prior_area_power: float = setting(0.25, "the ImageNet evidence of a box is scaled by (box area / image area)^G, "
+                                            "favouring whole objects over their parts (0: off)")
+    overlap_proposals: bool = setting(True, "run selective search (OpenCV, outside the GIL) in a thread while the "
+                                            "trunk runs")
+    threads: int | None = setting(0, "torch's and OpenCV's threads, set before each image: N > 0 that many; 0 adapts "
+                                     "to the machine (the process's threads when idle, fewer beside busy processes); "
+                                     "None: leave the process's setting")
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: adapt to the machine; None: the process's setting), got "
-                             f"{self.threads}")
+        self.validate()
+
+    def validate(self) -> "DetectorSettings":
+        """Raise ``ValueError`` naming the first setting out of its range; normalises ``image_sizes`` to a tuple."""
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+        if self.members is not None and (not isinstance(self.members, int) or self.members < 1):
+            raise bad("members", "a whole number >= 1 or None (all)")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise bad("nms_iou", "in (0, 1]")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise bad("score_threshold", "in [0, 1]")
+        if not isinstance(self.max_per_class, int) or self.max_per_class < 1:
+            raise bad("max_per_class", "a whole number >= 1")
         if not 0.0 <= self.multibox_weight <= 1.0:
-            raise ValueError(f"multibox_weight must be in [0, 1], got {self.multibox_weight}")
+            raise bad("multibox_weight", "in [0, 1]")
         if self.prior_boxes < 0:
-            raise ValueError(f"prior_boxes must be >= 0, got {self.prior_boxes}")
+            raise bad("prior_boxes", ">= 0")
         if self.prior_area_power < 0:
-            raise ValueError(f"prior_area_power must be >= 0, got {self.prior_area_power}")
+            raise bad("prior_area_power", ">= 0")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 0):
+            raise bad("threads", ">= 0 (0: adapt to the machine) or None (the process's setting)")
         if self.image_sizes is not None:
             self.image_sizes = tuple(int(v) for v in self.image_sizes)
             if not self.image_sizes or min(self.image_sizes) < 1:
-                raise ValueError(f"image_sizes must be positive shorter sides, got {list(self.image_sizes)}")
+                raise bad("image_sizes", "positive shorter sides")
+        return self
+
+
+@dataclass
+class LoadSettings:
+    """What :func:`~detection.api.load_detector` loads: the one place these defaults are written."""
+
+    model: str | None = setting(None, "region-classifier file (tools/train_classifier.py); None: the embedded model")
+    proposals: str = setting("paper", "proposal preset (paper: selective search k x 2 + the top 200 MultiBox boxes; "
+                                      "rcnn: selective search k x 1; paper_crops: MultiBox on its own trunk and "
+                                      "crops) or a .yaml file shaped like detection/proposals/presets/*.yaml")
+    device: str = setting("cpu", "cpu, cuda, cuda:1, ... (under torchrun, cuda means each rank's GPU)")
+    backbone_weights: str | None = setting("imagenet", "trunk weights for a model file without them and for the "
+                                                       "ImageNet prior: imagenet, a local .pth file, or None")
+    cache_dir: str | None = setting(None, "where a dataset's proposals and detections are cached (None: "
+                                          "$DET_CACHE_DIR, else the user cache folder)")
 
 
 def weight_sources(probs: Tensor, source: Tensor | None, multibox_weight: float) -> Tensor:
@@ -266,6 +292,29 @@ class Detector:
         boxes, source = stage.merge(ss_boxes, mb_boxes, mb_scores)
         return boxes, source, (x, scale, last), (scale, mid)
 
+    def score(self, boxes: Tensor, probs: Tensor, *, source: Tensor | None = None, prior: Tensor | None = None,
+              box_area: Tensor | None = None, settings: DetectorSettings | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """From the classifiers' softmax over ``boxes`` to detections, exactly as :meth:`detect` does: the ImageNet
+        prior fused in (``prior [N, C + 1]`` and ``box_area [N]`` from :attr:`prior`; ``None``: off), MultiBox's boxes
+        weighted by their ``source`` tags, per-class NMS and the score floor.  ``settings``: another variant's
+        scoring settings (members, flip and image sizes act before this step); ``None``: the detector's.
+        Returns ``(boxes, scores, labels)`` as :func:`postprocess`."""
+        st = settings or self.settings
+        if prior is not None:
+            if self.trust is None:
+                raise ValueError("a prior was given but this detector was built with imagenet_prior=False")
+            trust = self.trust
+            if st.prior_boxes != self.settings.prior_boxes:
+                from detection.models.imagenet_prior import class_trust
+
+                trust = class_trust(self.classifier.class_boxes, prior_boxes=st.prior_boxes)
+            probs = fuse_imagenet(probs, prior, trust, box_area=box_area.to(probs.device),
+                                  area_power=st.prior_area_power)
+        probs = weight_sources(probs, source, st.multibox_weight)
+        return postprocess(boxes.float().cpu(), probs, nms_iou=st.nms_iou, max_per_class=st.max_per_class,
+                           score_threshold=st.score_threshold)
+
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:
         """Detect objects in one ``uint8[H, W, 3]`` RGB image; ``boxes``: precomputed proposals (else the stage's),
@@ -302,14 +351,11 @@ class Detector:
                 prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)],
                                                  mid=mid if self.prior_shares_mid else None)
             area = box_area_share(boxes, *image_rgb.shape[:2])
-            probs = fuse_imagenet(probs, prior, self.trust, box_area=area.to(probs.device),
-                                  area_power=self.settings.prior_area_power)
             seconds["imagenet_prior"] = time.perf_counter() - t
-        probs = weight_sources(probs, source, self.settings.multibox_weight)
+        else:
+            prior = area = None
         t2 = time.perf_counter()
-        b, s, lab = postprocess(boxes.float().cpu(), probs, nms_iou=self.settings.nms_iou,
-                                max_per_class=self.settings.max_per_class,
-                                score_threshold=self.settings.score_threshold)
+        b, s, lab = self.score(boxes, probs, source=source, prior=prior, box_area=area)
         seconds.update(classify=t2 - t1, nms=time.perf_counter() - t2)
         seconds.update({f"classify.{k}": v for k, v in self.classifier.last_seconds.items()})
         return DetectionResult(boxes=b, scores=s, labels=lab, num_proposals=int(boxes.shape[0]), seconds=seconds)
@@ -379,7 +425,7 @@ def set_threads(threads: int) -> None:
 
 def detect_dataset(detector: Detector, dataset, proposals: list, *, progress: bool = True, log=print):
     """Run ``detector`` over every image of ``dataset`` with precomputed ``proposals``, one per record: an entry of
-    :meth:`proposals.pipeline.ProposalStage.load` (``{"boxes", "source", ...}``: MultiBox's boxes are weighted by
+    :meth:`~detection.proposals.pipeline.ProposalStage.load` (``{"boxes", "source", ...}``: MultiBox's boxes are weighted by
     their tags), a bare ``Tensor[N, 4]`` of boxes (no tags, no weighting), or ``None``.
 
     Returns ``(Detections, stats)``; images that cannot be read or have no proposals are skipped, counted in

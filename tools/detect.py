@@ -4,14 +4,17 @@
     python tools/detect.py photo.jpg [more.jpg ...] [--out detections/] [--show 0.3]
     python tools/detect.py photos/ 'more/*.jpg' --no-draw          # folders and glob patterns, progress over all
     python tools/detect.py photo.jpg --proposals rcnn --members 1 --model checkpoints/classifier/train/region.pt
+    python tools/detect.py --help                                  # every setting with its default
     torchrun --nproc_per_node=2 tools/detect.py photos/             # each rank takes its share of the images
 
 For each image writes ``<out>/<name>.det.png`` (boxes, class names and scores drawn; ``--no-draw`` skips it) and
-``<out>/<name>.det.json`` (every detection scoring at least --min-score), and for the whole run
+``<out>/<name>.det.json`` (every detection scoring at least --score-threshold), and for the whole run
 ``<out>/detections.json`` (COCO results: ``image_id`` as listed in ``<out>/images.json``, ``category_id`` = DET id
 1..200, ``bbox`` x, y, w, h) with ``<out>/images.json`` (COCO images + categories, so ``pycocotools``' ``COCO(...)
-.loadRes(...)`` reads them).  For a few images it prints a table each and where the time went; for many, progress and
-a summary.  An image that is missing or cannot be decoded is reported by name and skipped; the exit status is then 1.
+.loadRes(...)`` reads them) and ``<out>/run.json`` (the settings, the counts, and every image that failed with its
+problem).  For a few images it prints a table each and where the time went; for many, progress and a summary.  An
+image that is missing or cannot be decoded is reported by name, listed in run.json and skipped; the exit status is
+then 1.
 """
 from __future__ import annotations
 
@@ -22,55 +25,30 @@ import sys
 import time
 from pathlib import Path
 
+EXIF_NOTE = """
+
+Photos are read upright: the EXIF orientation a phone or camera recorded is applied before detection, so the boxes
+(JSON and pictures) are in the frame the photo is viewed in."""
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from detection.detector import DetectorSettings  # the defaults of the detector's settings
+    from detection.config import add_settings_arguments
+    from detection.detector import DetectorSettings, LoadSettings
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + EXIF_NOTE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files, folders (their images, sorted) or glob patterns")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folders too")
-    p.add_argument("--out", default="detections", help="output folder (default: ./detections)")
-    p.add_argument("--model", default=None, help="region-classifier file (default: the embedded model)")
-    p.add_argument("--proposals", default="paper",
-                   help="proposal preset in configs/proposals/ (paper: SS k x 2 + MultiBox 200; rcnn: SS k x 1)")
-    p.add_argument("--members", type=int, default=None, help="use the first N ensemble members (default: all)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DetectorSettings.flip,
-                   help="also classify each proposal on the mirror image, averaging both views (a second trunk "
-                        f"pass, ~0.3 s on a 500 px photo; default: {'on' if DetectorSettings.flip else 'off'})")
-    p.add_argument("--multibox-weight", type=float, default=0.5,
-                   help="multiply the class scores of MultiBox's boxes by this (default 0.5, chosen on held-out COCO "
-                        "photos; 1: unweighted)")
-    p.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="PX",
-                   help="multi-scale testing: shorter sides of an image pyramid, e.g. 600 1200; each proposal is "
-                        "classified on the level where its area is closest to 224^2 (small objects gain; 3.4-4x the "
-                        "classifier's time). Default: the model's own scale")
-    p.add_argument("--imagenet-prior", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the region classifiers with the trunk's own ImageNet classifier, so that classes without "
-                        "training boxes are found too (default: "
-                        f"{'on' if DetectorSettings.imagenet_prior else 'off'}; --no-imagenet-prior: the region "
-                        "classifiers alone)")
-    p.add_argument("--prior-boxes", type=float, default=None, metavar="N",
-                   help="a class with n training boxes trusts the region classifiers n / (n + N) and the ImageNet "
-                        f"classifier for the rest (default: {DetectorSettings.prior_boxes:g})")
-    p.add_argument("--prior-area-power", type=float, default=None, metavar="G",
-                   help="the ImageNet evidence of a box is scaled by (box area / image area)^G, favouring whole "
-                        f"objects over their parts (default: {DetectorSettings.prior_area_power:g}; 0: off)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch's and OpenCV's threads; 0 adapts to the machine before each image (all cores when "
-                        "idle, fewer beside other busy processes). Default: "
-                        + ("the process's setting" if DetectorSettings.threads is None else
-                           "adapt (0)" if DetectorSettings.threads == 0 else str(DetectorSettings.threads)))
-    p.add_argument("--overlap-proposals", action=argparse.BooleanOptionalAction, default=None,
-                   help="run selective search in a thread while the trunk runs (default: "
-                        f"{'on' if DetectorSettings.overlap_proposals else 'off'})")
-    p.add_argument("--min-score", type=float, default=0.05, help="keep detections scoring at least this (JSON)")
-    p.add_argument("--show", type=float, default=0.3, help="draw and print detections scoring at least this")
+    p.add_argument("--out", default="detections", help="output folder (default: %(default)s)")
+    p.add_argument("--show", type=float, default=0.3,
+                   help="draw and print the detections scoring at least this (default: %(default)s)")
     p.add_argument("--no-draw", action="store_true", help="write no pictures (JSON only)")
     p.add_argument("--print-max", type=int, default=10,
-                   help="print a table per image when there are at most this many images (default 10)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun, cuda = each rank's GPU)")
+                   help="print a table per image when there are at most this many images (default: %(default)s)")
+    # the detector's settings: one option per field of the settings dataclasses, their defaults and help
+    add_settings_arguments(p.add_argument_group("what is loaded"), LoadSettings, skip=("cache_dir",))
+    add_settings_arguments(p.add_argument_group("the detector's settings"), DetectorSettings)
     return p.parse_args(argv)
 
 
@@ -159,6 +137,7 @@ def draw(image_rgb, result, path: Path, *, show: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from detection.api import as_rgb_array, load_detector
+    from detection.files import atomic_write_text
     from detection.data.image_io import ImageDecodeError
     from detection.distributed import finish, gather_objects, init_distributed
     from detection.labels import det200
@@ -176,14 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {msg}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
+        from detection.config import settings_from_args
+        from detection.detector import DetectorSettings
         from detection.distributed import rank_device
 
-        det = load_detector(args.model, proposals=args.proposals, device=str(rank_device(args.device)),
-                            members=args.members, score_threshold=args.min_score, flip=args.flip,
-                            multibox_weight=args.multibox_weight, image_sizes=args.image_sizes,
-                            imagenet_prior=args.imagenet_prior, prior_boxes=args.prior_boxes,
-                            prior_area_power=args.prior_area_power, threads=args.threads,
-                            overlap_proposals=args.overlap_proposals)
+        settings = settings_from_args(args, DetectorSettings)  # checked before any weights load
+        det = load_detector(args.model, settings=settings, proposals=args.proposals,
+                            device=str(rank_device(args.device)), backbone_weights=args.backbone_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         finish(world)
@@ -208,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             res.image = str(path)
         except (ImageDecodeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
-            failed.append(str(e))
+            failed.append({"file": str(path), "error": getattr(e, "problem", str(e))})
             continue
         json_path, png_path = out / f"{names[i]}.det.json", out / f"{names[i]}.det.png"
         record = res.to_dict()
-        json_path.write_text(json.dumps(record, indent=1))
+        atomic_write_text(json_path, json.dumps(record, indent=1))
         if not args.no_draw:
             draw(rgb, res, png_path, show=args.show)
         done[i] = {"file": str(path), "width": res.width, "height": res.height, "detections": record["detections"],
@@ -220,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             shown = res.above(args.show)
             print(f"\n{path} ({res.width}x{res.height}): {len(shown)} detections >= {args.show} "
-                  f"({len(res)} >= {args.min_score}), {res.num_proposals} proposals")
+                  f"({len(res)} >= {args.score_threshold}), {res.num_proposals} proposals")
             print(f"  {'class':<22} {'score':>6}  box (x1, y1, x2, y2)")
             for d in shown[:15]:
                 b = ", ".join(f"{v:.0f}" for v in d["box_xyxy"])
@@ -238,21 +216,28 @@ def main(argv: list[str] | None = None) -> int:
         # rank 0 before it writes the run files
         return 0
     done = {i: d for g in gathered for i, d in g[0].items()}
-    failed = [f for g in gathered for f in g[1]] + problems
+    failed = sorted((f for g in gathered for f in g[1]), key=lambda f: f["file"])
     write_run_files(out, [done[i] for i in sorted(done)], [i + 1 for i in sorted(done)], det200())
     n = len(done)
     n_det = sum(sum(d["score"] >= args.show for d in r["detections"]) for r in done.values())
     secs = sorted(r["seconds"]["total"] for r in done.values())
     med = secs[len(secs) // 2] if secs else float("nan")
+    from dataclasses import asdict
+
+    atomic_write_text(out / "run.json", json.dumps({
+        "images": len(paths), "done": n, "failed": failed, "inputs_without_images": problems,
+        "model": args.model or "embedded default", "proposals": args.proposals, "settings": asdict(settings),
+        "seconds": round(wall, 3), "ranks": world}, indent=1))
     say(f"\n{n} of {len(paths)} images done in {wall:.1f} s"
         + (f" on {world} ranks" if world > 1 else "") + f" (median {med:.2f} s/image), {n_det} detections >= "
-        f"{args.show}; {len(failed)} failed" + f"  ->  {out / 'detections.json'}")
-    return 1 if failed else 0
+        f"{args.show}; {len(failed)} failed" + (f", {len(problems)} inputs without images" if problems else "")
+        + f"  ->  {out / 'detections.json'}, {out / 'run.json'}")
+    return 1 if failed or problems else 0
 
 
 def write_run_files(out: Path, results: list[dict], image_ids: list[int], classes) -> None:
     """``detections.json`` (COCO results of the run) and ``images.json`` (its COCO images and categories)."""
-    from detection.evaluation.io import atomic_write_text
+    from detection.files import atomic_write_text
 
     images = [{"id": iid, "file_name": r["file"], "width": r["width"], "height": r["height"]}
               for iid, r in zip(image_ids, results)]

@@ -4,7 +4,7 @@ results file.
 
     python tools/eval_map.py --split val                               # the embedded default detector
     torchrun --nproc_per_node=2 tools/eval_map.py --split val          # each rank detects its shards; rank 0 scores
-    python tools/eval_map.py -m --split val proposals=rcnn,paper ensemble.size=1,6
+    python tools/eval_map.py -m --split val proposals=rcnn,paper detector.members=1,6
     python tools/eval_map.py --split val detections=results.json
     python tools/eval_map.py split=val_small detections=dets.txt eval.protocol=voc
     python tools/eval_map.py dataset=voc dataset.root=/data/VOC2007 detections=dets.json
@@ -13,7 +13,7 @@ results file.
 Prints the per-class table and mAP, and the error breakdown (top false positives by type, misses by size:
 ``detection.evaluation.errors``; ``eval.errors=false`` skips it); writes metrics.json, pr_curves.png, errors.png (and, when it ran the detector,
 detections.json in COCO results format) to the Hydra run folder.  Proposals come from the cache, extracted first
-where missing.  The detector runs in shards of ``shard_size`` images, each saved under ``.cache/detections/`` as it
+where missing.  The detector runs in shards of ``shard_size`` images, each saved under ``<cache_dir>/detections/`` as it
 finishes: a killed run, started again with the same settings, resumes where it stopped (``resume=false`` recomputes).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import hydra_support as hs
+from detection import config as hs
 
 hs.register_schemas()
 
@@ -35,9 +35,12 @@ hs.register_schemas()
 def main(cfg: DictConfig) -> float | None:
     from detection.distributed import finish
 
-    rank, world = hs.distributed_context(cfg.ensemble.device) if cfg.detections is None else (0, 1)
+    rank, world = hs.distributed_context(cfg.detector.device) if cfg.detections is None else (0, 1)
     try:
-        return evaluate_split(cfg, rank, world)
+        if rank != 0:
+            return evaluate_split(cfg, rank, world)
+        with hs.log_to_run_folder():  # the console's messages also in <run folder>/eval_map.log
+            return evaluate_split(cfg, rank, world)
     finally:
         finish(world)
 
@@ -57,9 +60,11 @@ def evaluate_split(cfg: DictConfig, rank: int, world: int) -> float | None:
         dataset = dataset.subset(range(min(cfg.limit, len(dataset))))
     log(dataset.summary() + (f"\nlimit={cfg.limit}: the first {len(dataset)} images only" if cfg.limit else ""))
     out = Path(HydraConfig.get().runtime.output_dir)
-    extra = {"dataset": dataset.name}
+    # what the dataset's readers skipped or repaired, by kind (the messages are in the log)
+    extra = {"dataset": dataset.name, "dataset_report": dict(dataset.report.counts)}
     if cfg.detections is None:
-        dets, dataset, extra = run_detector(cfg, dataset, out, rank, world, log)
+        dets, dataset, more = run_detector(cfg, dataset, out, rank, world, log)
+        extra.update(more)
         if rank != 0:
             return None
     else:
@@ -104,7 +109,7 @@ def score_loc(dets, dataset, out: Path, extra: dict, class_boxes: dict | None) -
     import json
 
     from detection.evaluation import GroundTruth
-    from detection.evaluation.io import atomic_write_text
+    from detection.files import atomic_write_text
     from detection.evaluation.loc import evaluate_loc, format_loc, training_groups
 
     m = evaluate_loc(dets, GroundTruth.from_dataset(dataset))
@@ -123,7 +128,7 @@ def report_info(cfg: DictConfig, extra: dict) -> dict:
         return info
     p = cfg.proposals
     mb = f" + top {p.multibox.top_k} MultiBox" if p.multibox.top_k else ""
-    info.update({"model": cfg.ensemble.model or "embedded default (detection/models/weights/region_lite0.pt)",
+    info.update({"model": cfg.detector.model or "embedded default (detection/models/weights/region_lite0.pt)",
                  "ensemble members": extra.get("ensemble_members"),
                  "proposals": f"selective search {p.selective_search.mode} k × {p.selective_search.k_scale:g}{mb} "
                               f"({extra.get('proposals_per_image', 0):.0f} / image)",
@@ -172,17 +177,19 @@ def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log
         log(f"detect: {sh['resumed']} of {sh['total']} shards were already done (resumed from {stats['dir']})")
     if stats["skipped"]:
         log(f"{len(stats['skipped'])} images without a result (unreadable or no proposals) are left out of the "
-            f"evaluation")
+            f"evaluation (listed in metrics.json under skipped_images)")
+        for msg in stats["skipped"]:
+            log(f"  skipped {msg}")
     dets, dataset = restrict_to_scored(dets, dataset, stats["positions"])
     out.mkdir(parents=True, exist_ok=True)
     write_coco_results(dets, dataset, out / "detections.json")
     n = max(stats["images"], 1)
     extra = {"dataset": dataset.name, "detections": str(out / "detections.json"),
              "proposals_per_image": stats["proposals_per_image"],
-             "ensemble_members": cfg.ensemble.size or detector.classifier.cfg.members, "ranks": world,
+             "ensemble_members": cfg.detector.members or detector.classifier.cfg.members, "ranks": world,
              "seconds_per_image": (t2 - t1) / n, "proposal_seconds": t1 - t0,
              "classify_seconds_per_image": stats["seconds"].get("classify", 0.0) / n,
-             "shards": sh, "class_boxes": detector.classifier.class_boxes}
+             "shards": sh, "class_boxes": detector.classifier.class_boxes, "skipped_images": list(stats["skipped"])}
     resumed = "" if sh["resumed"] == 0 else ", all resumed" if sh["computed"] == 0 else ", part resumed"
     log(f"detector: {len(dets)} detections on {stats['images']} images, {stats['proposals_per_image']:.0f} "
         f"proposals/image, {t2 - t1:.1f} s wall on {world} rank{'s' if world > 1 else ''} "

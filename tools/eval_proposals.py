@@ -19,15 +19,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import hydra_support as hs
+from detection import config as hs
+from detection.files import atomic_write_text
 
 hs.register_schemas()
 
 
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="eval_proposals", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from proposals.pipeline import ProposalStage
-    from proposals.report import format_report, plot_coverage, proposal_report
+    from detection.proposals.pipeline import ProposalStage
+    from detection.proposals.report import format_report, plot_coverage, proposal_report
 
     hs.resolve_data_root(cfg)
     cache = hs.resolve_cache_dir(cfg) / "proposals"
@@ -48,7 +49,7 @@ def main(cfg: DictConfig) -> float:
                                    f"top {cfg.proposals.multibox.top_k} MultiBox"))
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "coverage.json").write_text(json.dumps({"dataset": dataset.name, **rep}, indent=2))
+    atomic_write_text(out / "coverage.json", json.dumps({"dataset": dataset.name, **rep}, indent=2))
     plot_coverage(rep, out / "coverage.png")
     from collections import Counter
 

@@ -15,15 +15,15 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import hydra_support as hs
+from detection import config as hs
 
 hs.register_schemas()
 
 
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="extract_proposals", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from proposals.extract import ExtractStats
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.extract import ExtractStats
+    from detection.proposals.pipeline import ProposalStage
 
     hs.resolve_data_root(cfg)
     cache = hs.resolve_cache_dir(cfg) / "proposals"

@@ -24,7 +24,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import hydra_support as hs
+from detection import config as hs
+from detection.files import atomic_write_text
 
 hs.register_schemas()
 
@@ -36,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     from detection.models.region import (RegionConfig, RegionEnsemble, default_region_model_path,
                                          load_stages_state_dict, save_ensemble, split_stem, stages_state_dict)
     from detection.training.roi import MemberSettings
-    from proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage
 
     hs.resolve_data_root(cfg)
     cache = hs.resolve_cache_dir(cfg)
@@ -131,7 +132,7 @@ def main(cfg: DictConfig) -> None:
     if rank == 0:
         out = Path(cfg.out_dir) / "region.pt"
         save_ensemble(model, out, record=record)
-        (Path(cfg.out_dir) / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_text(Path(cfg.out_dir) / "record.json", json.dumps(record, indent=2, default=str))
         log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB) in {record['total_seconds']:.0f} s")
         if cfg.install:
             dest = default_region_model_path()
@@ -158,7 +159,7 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
     against this run's model, and what the record keeps of it (resolved path, SHA-1); ``(None, {...})`` for a fresh
     start."""
     from detection.models.region import default_region_model_path, load_ensemble
-    from proposals.cache import file_sha1
+    from detection.proposals.cache import file_sha1
 
     if cfg.init_heads and cfg.init_model:
         sys.exit("error: give init_heads (heads only) or init_model (heads and fine-tuned stages), not both")
@@ -207,6 +208,7 @@ def validate(cfg: DictConfig, model, stage) -> dict:
                                   val, loaded, progress=False)
         dets, val_eval = restrict_to_scored(dets, val, st["positions"])
         out[key] = evaluate(dets, val_eval).map
+        out["images"] = len(val_eval)
     return out
 
 

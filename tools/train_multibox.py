@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import hydra_support as hs
+from detection import config as hs
 
 hs.register_schemas()
 
@@ -29,10 +29,10 @@ hs.register_schemas()
 @hydra.main(config_path=hs.CONFIG_DIR, config_name="train_multibox", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from detection.models import build_backbone
-    from proposals.multibox.model import MultiBox, MultiBoxConfig, SharedMultiBox
-    from proposals.multibox.train import (TrainSettings, compute_features, compute_region_features, train_multibox,
+    from detection.proposals.multibox.model import MultiBox, MultiBoxConfig, SharedMultiBox
+    from detection.proposals.multibox.train import (TrainSettings, compute_features, compute_region_features, train_multibox,
                                           train_priors)
-    from proposals.multibox import default_model_path
+    from detection.proposals.multibox import default_model_path
 
     hs.resolve_data_root(cfg)
     cache = hs.resolve_cache_dir(cfg) / "multibox_features"
@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> None:
     feats = features(train_ds)
     val = features(val_ds) if val_ds is not None else None
     if cfg.dev_every:  # a dev split carved from train: every dev_every-th voc07 photo (by position), not trained on
-        from proposals.multibox.train import split_features
+        from detection.proposals.multibox.train import split_features
 
         dev_ids = {r.image_id for i, r in enumerate(train_ds.records)
                    if i % cfg.dev_every == 0 and "voc07" in str(r.path)}
@@ -83,7 +83,7 @@ def main(cfg: DictConfig) -> None:
                                                                f"{train_ds.name})" if cfg.dev_every else None),
                    "feature_seconds": t_feat, "total_seconds": time.perf_counter() - t0,
                    "command": " ".join(sys.argv)})
-    from proposals.multibox.model import save_multibox
+    from detection.proposals.multibox.model import save_multibox
 
     out = Path(cfg.out_dir) / "multibox.pt"
     save_multibox(model, out, record=record)

@@ -18,10 +18,14 @@ __all__ = ["MemberSettings", "member_bg_iou_low", "pool_indices", "pick_positive
 
 @dataclass
 class MemberSettings:
-    epochs: int = 5
+    """How the region classifiers train (``tools/train_classifier.py``'s ``train.*``): the recipe's defaults."""
+
+    epochs: int = 4
     rois_per_batch: int = 128
     fg_fraction: float = 0.25
-    fg_iou: float = 0.5
+    # a proposal with IoU >= fg_iou to an object is its positive, below it background: 0.6, chosen on a dev split
+    # carved from train over 0.5 / 0.7 (tools/experiments/ablate_finetune.py --fg-iou; docs/classifiers.md)
+    fg_iou: float = 0.6
     fg_per_image: int = 32  # the cached pool of RoIs per training image
     bg_per_image: int = 96
     lr: float = 1e-3

@@ -1,6 +1,8 @@
 """Robust image decoding: any file PIL can read, whatever its extension, to RGB uint8 stored pixels.
 
-EXIF orientation is deliberately NOT applied: annotation boxes refer to the stored pixel grid.
+Datasets read the stored pixel grid (``upright=False``, the default): their annotation boxes refer to it.  A user's
+photo (``detect.py``, :func:`~detection.api.load_detector`'s ``detect``) is read ``upright=True``: the EXIF
+orientation a phone or camera recorded is applied, so boxes are in the frame the photo is viewed in.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size", "pil_to_rgb"]
+__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size", "pil_to_rgb", "upright"]
 
 # Photos bigger than this are almost certainly an error (decompression bomb); still well above any real photo here.
 _MAX_PIXELS = 200_000_000
@@ -74,8 +76,21 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to ``uint8[H, W, 3]`` RGB stored pixels.
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation tag (2-8: mirrored and/or rotated) into the frame it is viewed in;
+    ``im`` itself when it has no such tag."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # an unreadable EXIF block: the stored grid, as a viewer would show it
+        return im
+    return ImageOps.exif_transpose(im) if orientation not in (None, 1) else im
+
+
+def read_image_rgb(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
+    """Decode an image file to ``uint8[H, W, 3]`` RGB: the stored pixels, or with ``upright=True`` turned by the
+    EXIF orientation (:func:`upright`).
 
     Handles JPEG/PNG/BMP/... behind any extension, greyscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit.
     Raises :class:`ImageDecodeError` naming the file for a missing, empty, unidentifiable or truncated file.
@@ -84,7 +99,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with im:
             im.load()  # a truncated file raises here: PIL.ImageFile.LOAD_TRUNCATED_IMAGES stays False
-            arr = pil_to_rgb(im)
+            arr = pil_to_rgb(_upright(im) if upright else im)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -93,3 +108,6 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ImageDecodeError(path, f"decoded to unexpected array {arr.shape} {arr.dtype}")
     return arr
+
+
+_upright = upright  # read_image_rgb's keyword shadows the function's name

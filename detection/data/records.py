@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ class ImageRecord:
             classification/localisation images, Tiny ImageNet): training takes only positives from them (R-CNN).
         source, source_id: in a composite, the part the image comes from and its id there (set by
             :func:`concat_datasets`; empty for a dataset read alone).  Caches are kept per source
-            (:class:`proposals.cache.DatasetCache`), so every composite holding a part shares its entries.
+            (:class:`~detection.proposals.cache.DatasetCache`), so every composite holding a part shares its entries.
     """
 
     path: Path
@@ -271,6 +272,44 @@ def _file_key(r: ImageRecord) -> tuple[int, str]:
     except OSError:
         return (-1, str(r.path))
     return (len(data), hashlib.sha1(data).hexdigest())
+
+
+_VOC2007_EXPORT = re.compile(r"^(\d{6})_jpg\.rf\.[0-9a-f]+$")  # a Roboflow export of VOC2007: 000549_jpg.rf.<hash>
+_VOC2012_OF_2007 = re.compile(r"^(2007)_(\d{6})$")  # VOC2012's name for a VOC2007 photo: 2007_000549
+
+
+def voc_photo_id(path: str | Path) -> str | None:
+    """``"2007_000549"`` for VOC2007's photo 000549 under any of its names (VOC2012's ``2007_000549.jpg``, a Roboflow
+    export's ``000549_jpg.rf.<hash>.jpg``); ``None`` for other files.  The same photo re-encoded has other bytes, so
+    byte hashes cannot see that two splits share it; its VOC name can."""
+    stem = Path(path).stem
+    m = _VOC2007_EXPORT.match(stem)
+    if m:
+        return f"2007_{m.group(1)}"
+    m = _VOC2012_OF_2007.match(stem)
+    return f"{m.group(1)}_{m.group(2)}" if m else None
+
+
+def without_photos_of(dataset: DetectionDataset, others: DetectionDataset | Sequence[DetectionDataset], *,
+                      name: str | None = None) -> DetectionDataset:
+    """``dataset`` less every photo that one of ``others`` holds too (the same VOC photo under another name, or the
+    same bytes), each left out and counted in the report as ``held_out_image``: e.g. an evaluation split kept
+    disjoint from the training photos."""
+    others = [others] if isinstance(others, DetectionDataset) else list(others)
+    voc_ids = {voc_photo_id(r.path) for o in others for r in o.records} - {None}
+    keys = {_file_key(r) for o in others for r in o.records} if not voc_ids else set()
+    keep, report = [], ScanReport()
+    report.merge(dataset.report)
+    for i, r in enumerate(dataset.records):
+        vid = voc_photo_id(r.path)
+        if (vid is not None and vid in voc_ids) or (keys and _file_key(r) in keys):
+            report.add("held_out_image", r.path, f"the same photo ({vid or 'same bytes'}) is in "
+                                                 f"{', '.join(o.name for o in others)}")
+            continue
+        keep.append(i)
+    out = dataset.subset(keep)
+    return DetectionDataset(name or dataset.name, out.records, report, blacklist=out.blacklist,
+                            image_indices=out.image_indices)
 
 
 def set_exhaustive(dataset: DetectionDataset, exhaustive: bool = False) -> DetectionDataset:

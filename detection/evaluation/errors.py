@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detection.files import atomic_write
 from detection.data.records import DetectionDataset
 from detection.evaluation.detections import Detections, GroundTruth
 from detection.evaluation.protocols import _iou_inclusive, _match_ilsvrc, _pairs, _Prepared, ilsvrc_iou_threshold
@@ -191,6 +192,5 @@ def plot_errors(rep: ErrorReport, path: str | Path, *, space=None, max_classes: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)

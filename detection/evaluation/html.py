@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
-import os
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+from detection.files import atomic_write_text
 
 __all__ = ["write_report", "write_coverage_page", "write_summary_page"]
 
@@ -77,12 +77,6 @@ def _page(title: str, body: str) -> str:
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n{body}\n"
             f'<p class="note">Written {_dt.datetime.now().strftime("%Y-%m-%d %H:%M")} by googlenet-det.</p>'
             f"</body></html>\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _cards(items: list[tuple[str, str]]) -> str:
@@ -312,7 +306,7 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
                                  f"</figcaption></figure>")
                 parts.append("</div>")
     path = out / "report.html"
-    _atomic_write(path, _page(title, "\n".join(parts)))
+    atomic_write_text(path, _page(title, "\n".join(parts)))
     return path
 
 
@@ -358,7 +352,7 @@ def write_coverage_page(out_dir: str | Path, rep: dict, *, title: str, info: dic
                          f"{_num(cov, fmt=_pct)}</tr>")
         parts.append("</table>")
     path = out / "coverage.html"
-    _atomic_write(path, _page(title, "\n".join(parts)))
+    atomic_write_text(path, _page(title, "\n".join(parts)))
     return path
 
 
@@ -387,5 +381,5 @@ def write_summary_page(sweep_dir: str | Path, rows: list[dict], *, keys: list[st
     t.append("</table></div>")
     parts.append("".join(t))
     path = sweep / "summary.html"
-    _atomic_write(path, _page(f"sweep summary: {sweep.name}", "\n".join(parts)))
+    atomic_write_text(path, _page(f"sweep summary: {sweep.name}", "\n".join(parts)))
     return path

@@ -13,8 +13,6 @@ Detections that cannot be placed (unknown image, class with no DET-200 synset) a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +21,10 @@ from detection.data.coco_yolo import load_json
 from detection.data.records import DetectionDataset, ScanReport
 from detection.evaluation.detections import Detections
 from detection.labels import coco80_map, identity_map, voc20_map
+from detection.files import atomic_write_text
 
 __all__ = ["read_detections", "read_coco_results", "read_ilsvrc_submission", "write_coco_results",
-           "write_ilsvrc_submission", "atomic_write_text"]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+           "write_ilsvrc_submission"]
 
 
 def _class_by_name(name: str) -> int | None:

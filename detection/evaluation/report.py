@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.evaluation.io import atomic_write_text
+from detection.files import atomic_write, atomic_write_text
 from detection.evaluation.protocols import Metrics
 from detection.labels import LabelSpace, det200
 
@@ -94,9 +94,5 @@ def plot_pr(m: Metrics, path: str | Path, *, space: LabelSpace | None = None, ma
     if classes:
         ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    tmp.replace(path)

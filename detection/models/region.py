@@ -29,6 +29,7 @@ from torchvision.ops import roi_align
 from detection.boxes import mirror_boxes
 from detection.crops import context_boxes, warp_crops
 from detection.models.backbones import Backbone, is_lite
+from detection.files import atomic_torch_save
 
 __all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
            "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
@@ -485,7 +486,6 @@ def save_ensemble(model: RegionEnsemble, path, *, record: dict | None = None, wi
     """Save config, class list, heads (fp16) and training record; the backbones too when they were trained
     (``with_backbones``; default: when the members own their backbones).  Atomic (temp file + rename)."""
     from dataclasses import asdict
-    from pathlib import Path
 
     from detection.labels import det200
 
@@ -502,11 +502,7 @@ def save_ensemble(model: RegionEnsemble, path, *, record: dict | None = None, wi
     blob = {"config": asdict(model.cfg), "classes": list(det200().wnids),
             "heads": heads, "record": record or model.record or {},
             "backbones": model.backbones.state_dict() if with_backbones else None, "trunk_stages": trunk}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_torch_save(blob, path)
 
 
 def load_ensemble(path=None, *, backbone_weights: str | None = "imagenet", device: str | torch.device = "cpu"

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from detection.files import atomic_torch_save
 
 __all__ = ["MemberRun"]
 
@@ -79,11 +80,8 @@ class MemberRun:
         self.record["epochs"].append(ep)
         self.record["seconds"] = self._seconds0 + time.perf_counter() - self._t0  # kept by the checkpoint too
         if save:  # before the log line: an epoch that was reported is never lost
-            self.ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.ckpt.with_suffix(".tmp")
-            torch.save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
-                        "sched": self.sched.state_dict(), "record": self.record, "epoch": epoch}, tmp)
-            tmp.replace(self.ckpt)
+            atomic_torch_save({"module": self.module.state_dict(), "opt": self.opt.state_dict(),
+                               "sched": self.sched.state_dict(), "record": self.record, "epoch": epoch}, self.ckpt)
         self.log(f"{self._name} epoch {epoch + 1}: loss {ep['loss']:.3f}, "
                  f"RoI accuracy {ep['roi_accuracy']:.3f}" + (f" (checkpoint {self.ckpt})" if save else ""))
         return ep

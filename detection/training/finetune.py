@@ -1,5 +1,9 @@
 """Fine-tuning ``roi``-mode region classifiers, Fast R-CNN style: the trunk's last stages train with the heads.
 
+The jobs live apart: the frozen trunk part's maps are cached by :mod:`detection.training.trunk_maps`, the images and
+their RoIs are drawn by :mod:`detection.training.sampler` (typed :class:`~detection.training.sampler.TrainItem`), the
+network is :class:`~detection.training.network.FineTuneNet`, and this module is the loop.
+
 The trunk is split (:func:`detection.models.region.split_stem`) into a frozen part and the last
 ``cfg.trainable_stages`` stages.  The frozen part's output is computed once per training image and its mirror image
 (fp16, one atomic file per image, keyed by everything that determines it: :class:`TrunkCache`), so an epoch only runs
@@ -33,271 +37,36 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from detection.progress import progress as progress_bar
 
 from detection.boxes import mirror_boxes
 from detection.data.records import DetectionDataset
 from detection.models.region import RegionEnsemble, roi_pool, split_stem
+from detection.progress import progress as progress_bar
+from detection.proposals.cache import DatasetCache, file_sha1
 from detection.training.loop import MemberRun
-from detection.training.roi import MemberSettings, member_bg_iou_low
-from detection.training.sampler import label_proposals, sample_indices
-from proposals.cache import DatasetCache, ProposalCache, file_sha1
+from detection.training.network import FineTuneNet
+from detection.training.roi import MemberSettings
+from detection.training.sampler import (TrainItem, batch_draws, epoch_order, label_proposals, repeat_factors,
+                                        sample_indices)
+from detection.training.trunk_maps import (cache_trunk_maps, level_boxes, level_model, pyramid_sizes, trunk_cache,
+                                           trunk_settings)
 
-__all__ = ["TrunkCache", "trunk_cache", "level_model", "pyramid_sizes", "level_boxes", "FineTuneNet", "cache_trunk_maps", "train_finetuned", "mirror_boxes", "member_draws",
-           "epoch_order", "batch_draws", "repeat_factors", "repeated"]
-
-
-class TrunkCache(ProposalCache):
-    """Per-image cache of the frozen trunk part's output: ``{"map", "map_flip"}`` fp16 ``[C, h, w]`` (the image and
-    its mirror), ``scale`` (image pixels -> network input), ``width``, ``height``, ``image_sha1``."""
-
-    def __init__(self, root: str | Path, dataset: str, settings: dict):
-        super().__init__(root, dataset, "trunk_maps", settings)
-
-
-def trunk_settings(model: RegionEnsemble, *, backbone_weights: str | None) -> dict:
-    """Everything that determines the cached maps (the cache key)."""
-    cfg = model.cfg
-    frozen, _, _ = split_stem(model.backbones[0], cfg.trainable_stages)
-    return {"backbone": cfg.backbone, "weights": str(backbone_weights), "image_size": cfg.image_size,
-            "max_image_size": cfg.max_image_size, "frozen_layers": [n for n, _ in frozen.named_children()]}
-
-
-def _source_cache(cache: TrunkCache) -> tuple[TrunkCache, int] | None:
-    """A cache of the same dataset and trunk cut earlier (its frozen layers a proper prefix of ours), the latest
-    cut first: maps can be derived from it by running the layers in between (a fraction of the trunk)."""
-    import json
-
-    mine = cache.settings["frozen_layers"]
-    best = None
-    for d in cache.dir.parent.glob("trunk_maps-*"):
-        f = d / "settings.json"
-        if d == cache.dir or not f.exists():
-            continue
-        st = json.loads(f.read_text())["settings"]
-        fl = st.get("frozen_layers", [])
-        if all(st.get(k) == cache.settings[k] for k in cache.settings if k != "frozen_layers") \
-                and len(fl) < len(mine) and mine[:len(fl)] == fl and (best is None or len(fl) > best[1]):
-            best = (TrunkCache(cache.root, cache.dataset, st), len(fl))
-    return best
-
-
-def _scale_matches(model: RegionEnsemble, entry: dict) -> bool:
-    """A cached map was computed at the scale the model takes the image at now (``max_upscale`` changes it for
-    small images only, so it is checked per image rather than keyed)."""
-    want = model.image_scale(entry["width"], entry["height"])
-    return abs(float(entry["scale"]) - want) <= 1e-6 * want
-
-
-def trunk_cache(root: str | Path, dataset: DetectionDataset, settings: dict) -> DatasetCache:
-    """The trunk maps of ``dataset``'s images, each kept with its source (:class:`DatasetCache`)."""
-    return DatasetCache(root, dataset, make=lambda ns: TrunkCache(root, ns, settings))
-
-
-@torch.inference_mode()
-def cache_trunk_maps(dataset: DetectionDataset, model: RegionEnsemble, cache: DatasetCache, *,
-                     positions: list[int], rank: int = 0, world_size: int = 1, progress: bool = True
-                     ) -> list[str]:
-    """Compute the frozen part's maps of ``dataset.records[positions]`` (this rank's share, ``rank::world_size``)
-    that are not cached yet.  Where a cache of an earlier cut of the same trunk has the image, the map is derived
-    from it (the layers in between only).  Returns the messages of images that could not be decoded (reported,
-    skipped)."""
-    from detection.data.image_io import ImageDecodeError, read_image_rgb
-
-    frozen, _, _ = split_stem(model.backbones[0], model.cfg.trainable_stages)
-    frozen.eval()
-    sources: dict[str, tuple] = {}  # per image source: an earlier cut's cache and the layers in between
-    skipped = []
-    mine = positions[rank::world_size]
-    for p in progress_bar(mine, desc=f"trunk maps {dataset.name}", unit="img", disable=not progress):
-        r = dataset.records[p]
-        sha = file_sha1(r.path)
-        have = cache.load(r, sha)
-        if have is not None and _scale_matches(model, have):
-            continue
-        ns, local = cache.slot(r)
-        if ns not in sources:
-            found = _source_cache(cache.prepare(r))
-            sources[ns] = (found[0], nn.Sequential(*list(frozen.children())[found[1]:])) if found else (None, None)
-        source, bridge = sources[ns]
-        src = source.load(local, sha) if source is not None else None
-        if src is not None and not _scale_matches(model, src):
-            src = None
-        if src is not None:
-            both = bridge(torch.stack([src["map"], src["map_flip"]]).float())
-            meta = {k: src[k] for k in ("scale", "width", "height")}
-        else:
-            try:
-                img = read_image_rgb(r.path)
-            except ImageDecodeError as e:
-                skipped.append(str(e))
-                continue
-            x, scale = model.prepare_image(img)
-            both = frozen(torch.stack([x, x.flip(-1)]))
-            meta = {"scale": float(scale), "width": int(img.shape[1]), "height": int(img.shape[0])}
-        cache.save(r, {"map": both[0].half().cpu().contiguous(), "map_flip": both[1].half().cpu().contiguous(),
-                       **meta, "image_sha1": sha})
-    return skipped
-
-
-def level_model(model: RegionEnsemble, image_size: int) -> RegionEnsemble:
-    """``model`` taken at another shorter side, for caching its trunk maps there: it shares ``model``'s trunk, and its
-    :meth:`~RegionEnsemble.image_scale` is ``model.image_scale(w, h, image_size)`` (the longer-side cap scaled in
-    proportion, ``max_upscale`` kept), the scale multi-scale testing uses for that level.  The size is part of the
-    trunk-map cache key, so each level is cached apart."""
-    from dataclasses import replace
-
-    cfg = model.cfg
-    longest = cfg.max_image_size * int(image_size) / cfg.image_size
-    longest = int(longest) if float(longest).is_integer() else longest
-    return RegionEnsemble(cfg=replace(cfg, image_size=int(image_size), max_image_size=longest),
-                          backbones=list(model.backbones)).eval()
-
-
-def pyramid_sizes(model: RegionEnsemble, sizes) -> list[int]:
-    """Multi-scale training's levels (``MemberSettings.image_sizes``), checked: positive shorter sides, the model's
-    ``image_size`` among them (every image trains there, as the one-scale detector reads it), duplicates dropped,
-    in the given order (the order multi-scale testing breaks ties in).  ``None`` or empty: ``[image_size]``."""
-    if not sizes:
-        return [model.cfg.image_size]
-    model.check_image_sizes(sizes)  # the same rule as multi-scale testing: positive sizes, a roi-mode model
-    out = list(dict.fromkeys(int(v) for v in sizes))
-    if model.cfg.image_size not in out:
-        raise ValueError(f"train.image_sizes {out} must include model.image_size ({model.cfg.image_size}): every "
-                         f"image trains at the size the one-scale detector reads it")
-    return out
-
-
-def level_boxes(model: RegionEnsemble, boxes: Tensor, *, width: int, height: int, sizes: list[int]) -> Tensor:
-    """``Long[N]``: the index into ``sizes`` of the level multi-scale testing reads each box from
-    (:meth:`RegionEnsemble.assign_scales` at the image's scales for ``sizes``)."""
-    return model.assign_scales(boxes.float(), [model.image_scale(width, height, v) for v in sizes])
-
-
-class FineTuneNet(nn.Module):
-    """The trainable stages (BatchNorm frozen) and the members' heads; ``forward`` maps one image's cached frozen
-    map and each member's RoIs to each member's logits."""
-
-    def __init__(self, model: RegionEnsemble):
-        super().__init__()
-        from timm.layers import freeze_batch_norm_2d
-
-        _, trainable, self.names = split_stem(model.backbones[0], model.cfg.trainable_stages)
-        import copy
-
-        self.stages = freeze_batch_norm_2d(copy.deepcopy(trainable))
-        self.heads = copy.deepcopy(model.heads)
-        self.roi_size = model.cfg.roi_size
-
-    def forward(self, fmap: Tensor, rois: Tensor, picks: list[Tensor]) -> list[Tensor]:
-        """``fmap [1, C, h, w]`` (the frozen part's output), ``rois [R, 5]`` (pooled once: RoIAlign's backward is
-        the costly part on a CPU), ``picks[m]``: member m's rows of ``rois`` -> ``[len(picks[m]), classes]`` each."""
-        pooled = roi_pool(self.stages(fmap), rois, roi_size=self.roi_size)
-        return [head(pooled[p]) for head, p in zip(self.heads, picks)]
-
-    def trunk_state(self) -> dict[str, Tensor]:
-        """The fine-tuned stages' weights with the backbone's key names (``blocks.6.…``)."""
-        out = {}
-        for k, v in self.stages.state_dict().items():
-            layer, rest = k.split(".", 1)
-            out[f"{layer.replace('_', '.', 1)}.{rest}"] = v.detach().clone()
-        return out
-
-
-def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: int, gen: torch.Generator,
-                 balance: bool = False) -> tuple[Tensor, list[Tensor]]:
-    """One image's RoIs for every member: ``(pool, picks)``.  ``pool`` (indices into the image's labelled
-    proposals): up to 2*fg positives and 2*bg background, half of it near misses (IoU in [0.1, 0.5));
-    ``picks[m]`` (indices into ``pool``): member m's up to ``fg`` positives and ``bg`` background, odd members'
-    background from the near misses only (:func:`member_bg_iou_low`) -- the members differ in what they see, and
-    the pool is RoI-pooled once.  ``balance``: positives drawn with about equal shares per class present
-    (:func:`detection.training.roi.pick_positives`)."""
-    from detection.training.roi import pick_positives, pool_indices
-
-    pool = pool_indices(labels, max_iou, fg=2 * fg, bg=2 * bg, gen=gen, balance=balance)
-    lab, iou = labels[pool], max_iou[pool]
-    picks = []
-    for m in range(members):
-        pos = torch.nonzero(lab > 0).flatten()
-        low = member_bg_iou_low(m)
-        neg = torch.nonzero((lab == 0) & (iou >= low)).flatten()
-        if low > 0 and len(neg) < bg:  # few near misses in this image: any background
-            neg = torch.nonzero(lab == 0).flatten()
-        picks.append(torch.cat([pick_positives(lab, pos, fg, gen, balance=balance),
-                                neg[torch.randperm(len(neg), generator=gen)[:bg]]]))
-    return pool, picks
-
-
-def batch_draws(batch: list[dict], *, members: int, per_image: int, fg: int, gen: torch.Generator,
-                balance: bool = False) -> list[tuple[Tensor, list[Tensor]]]:
-    """:func:`member_draws` for each image of a mini-batch (items with ``labels``, ``max_iou``, ``exhaustive``):
-    ``fg`` positives and ``per_image - fg`` background per image; a positives-only image gives no background, and
-    the batch's exhaustive images draw its share instead, so the batch keeps R-CNN's 1:3."""
-    n_exh = sum(it.get("exhaustive", True) for it in batch)
-    bg = round((per_image - fg) * len(batch) / max(1, n_exh))
-    return [member_draws(it["labels"], it["max_iou"], members=members, fg=fg,
-                         bg=bg if it.get("exhaustive", True) else 0, gen=gen, balance=balance) for it in batch]
-
-
-def repeat_factors(items: list[dict], *, thresh: float) -> list[float]:
-    """Repeat-factor sampling (LVIS, Gupta et al. 2019): class c's factor is ``max(1, sqrt(thresh / f_c))``, ``f_c``
-    the share of ``items`` (with ``labels``, ``exhaustive``) holding a positive of c; an exhaustively annotated
-    image takes its rarest class's factor.  A positives-only image keeps 1: how many of them a class gets is their
-    reader's setting (``per_class``), and they bring no background.  ``thresh <= 0``: all 1."""
-    if thresh <= 0 or not items:
-        return [1.0] * len(items)
-    present = [set(it["labels"][it["labels"] > 0].unique().tolist()) for it in items]
-    counts: dict[int, int] = {}
-    for cs in present:
-        for c in cs:
-            counts[c] = counts.get(c, 0) + 1
-    per_class = {c: max(1.0, math.sqrt(thresh * len(items) / k)) for c, k in counts.items()}
-    return [max((per_class[c] for c in cs), default=1.0) if it.get("exhaustive", True) else 1.0
-            for it, cs in zip(items, present)]
-
-
-def repeated(factors: list[float], gen: torch.Generator) -> list[int]:
-    """One epoch's image list: image i ``floor(r_i)`` times and once more with probability ``r_i - floor(r_i)``
-    (stochastic rounding: over epochs image i is shown ``r_i`` times on average)."""
-    u = torch.rand(len(factors), generator=gen).tolist()
-    out = []
-    for i, (r, x) in enumerate(zip(factors, u)):
-        out += [i] * (int(r) + (x < r - int(r)))
-    return out
-
-
-def epoch_order(items: list[dict], gen: torch.Generator, factors: list[float] | None = None) -> list[int]:
-    """A random order of ``items`` in which the positives-only images (``exhaustive`` False) are spread evenly
-    among the others, so consecutive mini-batches mix them and each keeps background to learn from.  With every
-    image exhaustive it is ``randperm``.  ``factors`` (:func:`repeat_factors`): each image is taken as often as
-    :func:`repeated` says, the repeats shuffled in with the rest."""
-    if factors is not None and any(f != 1.0 for f in factors):
-        pool = repeated(factors, gen)
-        perm = [pool[k] for k in torch.randperm(len(pool), generator=gen).tolist()]
-    else:
-        perm = torch.randperm(len(items), generator=gen).tolist()
-    full = [i for i in perm if items[i].get("exhaustive", True)]
-    part = [i for i in perm if not items[i].get("exhaustive", True)]
-    if not part or not full:
-        return perm
-    keyed = [((k + 0.5) / len(full), 0, i) for k, i in enumerate(full)] + \
-            [((k + 0.5) / len(part), 1, i) for k, i in enumerate(part)]
-    return [i for _, _, i in sorted(keyed)]
+__all__ = ["train_finetuned"]
 
 
 def _item(model: RegionEnsemble, r, slot, entry: dict, boxes: Tensor, labels: Tensor, max_iou: Tensor, *,
-          level: int = 0) -> dict:
+          level: int = 0) -> TrainItem:
     """One training item: an image's labelled proposals at one level (``level``: its trunk-map cache's place in the
     trainer's list, 0 the model's own size) and their RoIs on that level's map and its mirror."""
     scale = entry["scale"]
-    return {"image_id": r.image_id, "slot": slot, "level": level, "exhaustive": r.exhaustive, "boxes": boxes,
-            "labels": labels, "max_iou": max_iou, "rois": model.rois(boxes, scale=scale).cpu(),
-            "rois_flip": model.rois(mirror_boxes(boxes, entry["width"]), scale=scale).cpu()}
+    return TrainItem(image_id=r.image_id, slot=slot, level=level, exhaustive=r.exhaustive, boxes=boxes,
+                     labels=labels, max_iou=max_iou, rois=model.rois(boxes, scale=scale).cpu(),
+                     rois_flip=model.rois(mirror_boxes(boxes, entry["width"]), scale=scale).cpu())
 
 
 def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None],
                  positions: list[int], *, sizes: list[int], level: int, settings, cache_root, backbone_weights,
-                 rank: int, world_size: int, progress: bool, log, index: int) -> tuple[DatasetCache, list[dict]]:
+                 rank: int, world_size: int, progress: bool, log, index: int) -> tuple[DatasetCache, list[TrainItem]]:
     """Multi-scale training at ``sizes[level]``: the exhaustively annotated images (of ``settings.multiscale_sources``)
     holding an object that multi-scale testing reads at that level, their trunk maps cached there, each an item whose
     proposals (ground truth included) are those the test-time rule sends to that level.  Returns the level's cache
@@ -346,17 +115,17 @@ def _level_items(model: RegionEnsemble, dataset: DetectionDataset, proposals: li
     return cache, items
 
 
-def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[dict], *, rois_per_image: int,
+def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[TrainItem], *, rois_per_image: int,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
     training images, with the initial stages: the heads' input standardisation, fixed for training."""
     feats = []
     with torch.no_grad():
         for it in items[:64]:
-            e = cache.load_slot(it["slot"])
-            idx = sample_indices(it["labels"], it["max_iou"], num=rois_per_image, fg_fraction=0.25, generator=gen)
+            e = cache.load_slot(it.slot)
+            idx = sample_indices(it.labels, it.max_iou, num=rois_per_image, fg_fraction=0.25, generator=gen)
             x = net.stages(e["map"].float()[None])
-            feats.append(roi_pool(x, it["rois"][idx], roi_size=net.roi_size))
+            feats.append(roi_pool(x, it.rois[idx], roi_size=net.roi_size))
     f = torch.cat(feats).double()
     m1 = f.mean(0)
     m2 = (f * f).mean(0)
@@ -429,8 +198,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     if not items:
         raise RuntimeError(f"{dataset.name}: no training image with positives")
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
-    partial = sum(not it["exhaustive"] for it in items)
-    n_level = sum(it["level"] > 0 for it in items)
+    partial = sum(not it.exhaustive for it in items)
+    n_level = sum(it.level > 0 for it in items)
     log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items) - n_level} images of "
         f"{dataset.name}" + (f" + {n_level} at other scales" if n_level else "")
         + f" ({len(skipped)} images skipped, {no_pos} without objects left out"
@@ -498,13 +267,13 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
             logits_all, targets_all = [], []
             for j in range(rank, n_img, world_size):
                 it = items[batch[j]]
-                e = caches[it["level"]].load_slot(it["slot"])
+                e = caches[it.level].load_slot(it.slot)
                 fmap = (e["map_flip"] if flips[j] else e["map"]).detach().float()[None]
-                rois = it["rois_flip"] if flips[j] else it["rois"]
+                rois = it.rois_flip if flips[j] else it.rois
                 pool, picks = draws[j]
                 out = ddp(fmap, rois[pool], picks)
                 for m in range(M):
-                    y = it["labels"][pool[picks[m]]]
+                    y = it.labels[pool[picks[m]]]
                     loss = loss + F.cross_entropy(out[m], y, reduction="sum") / (totals[m] * M)
                     logits_all.append(out[m].detach())
                     targets_all.append(y)
@@ -519,4 +288,3 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         load_stages_state_dict(model.backbones[0], net.trunk_state())
     model.heads.load_state_dict(net.heads.state_dict())
     return record
-

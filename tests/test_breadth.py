@@ -181,7 +181,7 @@ def test_concat_dedupes_excludes_and_keeps_sources(tmp_path):
 
 
 def test_dataset_cache_is_shared_by_composites_and_adopts_old_entries(tmp_path):
-    from proposals.cache import DatasetCache, ProposalCache
+    from detection.proposals.cache import DatasetCache, ProposalCache
 
     _jpeg(tmp_path / "0.jpg", 0)
     _jpeg(tmp_path / "1.jpg", 1)
@@ -203,8 +203,8 @@ def test_dataset_cache_is_shared_by_composites_and_adopts_old_entries(tmp_path):
 
 
 def test_extraction_of_a_composite_writes_per_source(tmp_path):
-    from proposals.cache import ProposalCache
-    from proposals.extract import extract_split
+    from detection.proposals.cache import ProposalCache
+    from detection.proposals.extract import extract_split
 
     class Boxes:
         method, settings = "fake", {"n": 3}
@@ -226,8 +226,7 @@ def test_extraction_of_a_composite_writes_per_source(tmp_path):
 
 
 def test_positives_only_images_give_no_background_and_the_batch_keeps_one_to_three():
-    from detection.training.finetune import batch_draws, epoch_order
-    from detection.training.sampler import label_proposals
+    from detection.training.sampler import LabelledImage, batch_draws, epoch_order, label_proposals
 
     gt = torch.tensor([[0.0, 0, 50, 50]])
     props = torch.tensor([[0.0, 0, 48, 50], [0, 0, 10, 10], [60, 60, 90, 90], [2, 2, 50, 49], [0, 0, 20, 50]])
@@ -238,24 +237,24 @@ def test_positives_only_images_give_no_background_and_the_batch_keeps_one_to_thr
 
     def item(n_fg, n_bg, exhaustive):
         labels = torch.cat([torch.full((n_fg,), 3), torch.zeros(n_bg, dtype=torch.long)])
-        return {"labels": labels, "max_iou": torch.cat([torch.ones(n_fg), torch.rand(n_bg) * 0.4]),
-                "exhaustive": exhaustive}
+        return LabelledImage(labels=labels, max_iou=torch.cat([torch.ones(n_fg), torch.rand(n_bg) * 0.4]),
+                             exhaustive=exhaustive)
 
     gen = torch.Generator().manual_seed(0)
     full, part = item(40, 500, True), item(40, 0, False)
     draws = batch_draws([full, part], members=2, per_image=64, fg=16, gen=gen)
     for m in range(2):
-        n_bg = [int((it["labels"][pool[picks[m]]] == 0).sum()) for it, (pool, picks) in zip([full, part], draws)]
-        n_fg = [int((it["labels"][pool[picks[m]]] > 0).sum()) for it, (pool, picks) in zip([full, part], draws)]
+        n_bg = [int((it.labels[pool[picks[m]]] == 0).sum()) for it, (pool, picks) in zip([full, part], draws)]
+        n_fg = [int((it.labels[pool[picks[m]]] > 0).sum()) for it, (pool, picks) in zip([full, part], draws)]
         assert n_bg == [96, 0] and n_fg == [16, 16]  # 32 : 96, the batch's 1:3
     same = batch_draws([full, full], members=1, per_image=64, fg=16, gen=torch.Generator().manual_seed(0))
     assert [len(p[1][0]) for p in same] == [64, 64]
-    items = [{"exhaustive": k % 4 != 0} for k in range(40)]  # 10 positives-only among 40
+    items = [item(1, 0, k % 4 != 0) for k in range(40)]  # 10 positives-only among 40
     order = epoch_order(items, torch.Generator().manual_seed(1))
     assert sorted(order) == list(range(40))
     pairs = [order[i:i + 2] for i in range(0, 40, 2)]
-    assert max(sum(not items[j]["exhaustive"] for j in p) for p in pairs) == 1  # never two in one batch
-    plain = [{"exhaustive": True}] * 10
+    assert max(sum(not items[j].exhaustive for j in p) for p in pairs) == 1  # never two in one batch
+    plain = [item(1, 0, True)] * 10
     assert epoch_order(plain, torch.Generator().manual_seed(3)) == \
         torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
 
@@ -278,8 +277,8 @@ def test_max_upscale_caps_only_small_images():
 def _compose(tool, overrides):
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import hydra_support as hs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "experiments"))
+    from detection import config as hs
     from hydra import compose, initialize_config_dir
 
     hs.register_schemas()
@@ -349,7 +348,7 @@ def test_jittered_positives_overlap_their_object_and_repeat_by_seed():
 def test_dataset_stats_counts_classes_per_source(tmp_path):
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "experiments"))
     from dataset_stats import split_stats
 
     a = DetectionDataset("a", [_rec(tmp_path / f"{k}.jpg", str(k), label=1) for k in range(3)])

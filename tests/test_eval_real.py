@@ -38,7 +38,7 @@ def test_pycocotools_mode_reproduces_official_results(shared_data):
 
 @pytest.fixture(scope="module")
 def voc100(shared_data):
-    return read_voc(shared_data / "voc100", name="val_small")
+    return read_voc(shared_data / "voc100", name="voc100")
 
 
 @pytest.fixture(scope="module")

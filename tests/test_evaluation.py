@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import devkit_reference as ref
 from detection.boxes import box_inclusive_to_xyxy

@@ -12,12 +12,12 @@ from PIL import Image
 
 from conftest import PROJECT_ROOT
 from detection.data import read_voc
-from proposals.extract import SelectiveSearchSource, extract_split
-from proposals.pipeline import MultiBoxSettings, ProposalSettings, ProposalStage
-from proposals.selective_search import SelectiveSearchSettings
+from detection.proposals.extract import SelectiveSearchSource, extract_split
+from detection.proposals.pipeline import MultiBoxSettings, ProposalSettings, ProposalStage
+from detection.proposals.selective_search import SelectiveSearchSettings
 
 sys.path.insert(0, str(PROJECT_ROOT / "tools"))
-import hydra_support as hs  # noqa: E402
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 SS_SMALL = SelectiveSearchSettings(resize_width=128)
@@ -43,7 +43,7 @@ def test_extract_with_workers_resumes_and_reports_bad_images(tiny_voc, tmp_path)
 
 def test_multibox_in_worker_processes_gives_what_one_process_gives(tiny_voc, tmp_path, monkeypatch):
     # on a CPU the stage runs MultiBox in the worker processes too (one thread each: faster than one process)
-    import proposals.pipeline as pipeline
+    import detection.proposals.pipeline as pipeline
 
     calls, real = [], pipeline.extract_split
     monkeypatch.setattr(pipeline, "extract_split",
@@ -65,7 +65,7 @@ def run_tool(*args, timeout=600):
 
 
 def test_torchrun_two_ranks_shard_and_merge(tiny_voc, tmp_path):
-    common = [f"dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
+    common = ["dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
               "proposals=rcnn", "proposals.selective_search.resize_width=128", "workers=1",
               f"hydra.run.dir={tmp_path / 'run'}"]
     r = run_tool(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
@@ -82,7 +82,7 @@ def test_torchrun_two_ranks_shard_and_merge(tiny_voc, tmp_path):
 
 
 def test_eval_proposals_tool_and_sweep_summary(tiny_voc, tmp_path):
-    common = [f"dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
+    common = ["dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}",
               "proposals=rcnn", "proposals.selective_search.resize_width=128", "workers=2"]
     r = run_tool(sys.executable, "tools/eval_proposals.py", "-m", *common,
                  "proposals.selective_search.k_scale=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -144,8 +144,8 @@ import numpy as np, torch
 from pathlib import Path
 from PIL import Image
 from detection.data.records import DetectionDataset, ImageRecord
-from proposals.extract import SelectiveSearchSource, extract_split
-from proposals.selective_search import SelectiveSearchSettings, selective_search
+from detection.proposals.extract import SelectiveSearchSource, extract_split
+from detection.proposals.selective_search import SelectiveSearchSettings, selective_search
 
 if __name__ == "__main__":
     d = Path({d!r})

@@ -10,8 +10,11 @@ from detection.data.records import DetectionDataset, ImageRecord
 from detection.models.backbones import build_backbone
 from detection.models.region import (RegionConfig, RegionEnsemble, load_ensemble, save_ensemble, split_backbone,
                                      split_stem, stem_stages)
-from detection.training.finetune import (FineTuneNet, TrunkCache, member_draws, mirror_boxes, train_finetuned,
-                                         trunk_settings)
+from detection.boxes import mirror_boxes
+from detection.training.finetune import train_finetuned
+from detection.training.network import FineTuneNet
+from detection.training.sampler import member_draws
+from detection.training.trunk_maps import TrunkCache, trunk_settings
 from detection.training.roi import MemberSettings, member_bg_iou_low
 
 
@@ -158,7 +161,7 @@ def test_heads_standardise_with_flip_symmetric_training_statistics(photos, tmp_p
 
 def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
     """A cache cut before blocks.5 serves a cut before blocks.6: the maps equal those computed from the image."""
-    from detection.training.finetune import cache_trunk_maps, trunk_cache
+    from detection.training.trunk_maps import cache_trunk_maps, trunk_cache
 
     ds, _ = photos
     bb = build_backbone("lite0", weights="imagenet")
@@ -171,7 +174,7 @@ def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):
     for r in ds.records:  # the images are not decoded again: make them undecodable meanwhile (the cache checks
         r.path.rename(r.path.with_suffix(".bak"))  # the hash of the original bytes)
         r.path.write_bytes(b"")
-    import detection.training.finetune as ft
+    import detection.training.trunk_maps as ft
 
     real_sha = ft.file_sha1
     ft.file_sha1 = lambda p: real_sha(Path(p).with_suffix(".bak"))
@@ -252,7 +255,7 @@ def test_pyramid_levels_are_checked_and_each_level_scales_like_multiscale_testin
     keys its trunk maps apart."""
     from dataclasses import replace
 
-    from detection.training.finetune import level_model, pyramid_sizes
+    from detection.training.trunk_maps import level_model, pyramid_sizes
 
     model = RegionEnsemble(cfg=replace(_cfg(1), max_upscale=4.0), backbones=[build_backbone("lite0", weights=None)])
     assert pyramid_sizes(model, None) == [160] and pyramid_sizes(model, []) == [160]
@@ -277,7 +280,7 @@ def test_multiscale_training_adds_the_finer_level_of_images_with_small_objects(p
     other levels in the same out_dir is refused."""
     import numpy as np
 
-    from detection.training.finetune import level_boxes, level_model
+    from detection.training.trunk_maps import level_boxes, level_model
 
     ds, props = photos
     model = RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()

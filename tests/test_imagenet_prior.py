@@ -1,5 +1,4 @@
 """The ImageNet prior: the fold of the 1 000 ImageNet classes into DET-200, the pyramid levels, real photos."""
-import numpy as np
 import pytest
 import skimage.data
 import torch

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from proposals.multibox.loss import match, matching_cost, multibox_loss
-from proposals.multibox.model import MultiBoxConfig, MultiBoxHead, crop_windows, to_pixel_boxes
-from proposals.multibox.priors import kmeans_priors
-from proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
+from detection.proposals.multibox.loss import match, matching_cost, multibox_loss
+from detection.proposals.multibox.model import MultiBoxConfig, MultiBoxHead, crop_windows, to_pixel_boxes
+from detection.proposals.multibox.priors import kmeans_priors
+from detection.proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
 
 
 def rand_boxes(n, g):
@@ -168,7 +168,7 @@ def test_crop_windows_cover_the_image_corner_to_corner():
 
 def _tiny_random_multibox():
     from detection.models.backbones import build_backbone
-    from proposals.multibox.model import MultiBox
+    from detection.proposals.multibox.model import MultiBox
 
     torch.manual_seed(0)
     cfg = MultiBoxConfig(input_size=64, num_priors=6, reduce_channels=8, hidden=16, global_dim=8, prior_embed_dim=4)
@@ -231,8 +231,8 @@ def test_embedded_multibox_finds_the_cat():
     import skimage.data
     from torchvision.ops import box_iou
 
-    from proposals.multibox import default_model_path, load_multibox
-    from proposals.pipeline import MultiBoxSource
+    from detection.proposals.multibox import default_model_path, load_multibox
+    from detection.proposals.pipeline import MultiBoxSource
 
     model = load_multibox(default_model_path())
     assert model.cfg.trunk == "region" and model.cfg.num_priors == 800 and model.record["train_images"] == 3535

@@ -7,21 +7,15 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
 from conftest import PROJECT_ROOT
-from proposals.cache import ProposalCache, file_sha1, settings_hash
-from proposals.coverage import best_iou, coverage
-from proposals.merge import SOURCE_MULTIBOX, SOURCE_SELECTIVE_SEARCH, merge_proposals
-from proposals.selective_search import SelectiveSearchSettings, selective_search
+from detection.proposals.cache import ProposalCache, file_sha1, settings_hash
+from detection.proposals.coverage import best_iou, coverage
+from detection.proposals.merge import SOURCE_MULTIBOX, SOURCE_SELECTIVE_SEARCH, merge_proposals
+from detection.proposals.selective_search import SelectiveSearchSettings, selective_search
 
 SMALL = dict(resize_width=160)  # small images keep the tests fast; the full 500 px runs in the integration tests
-
-
-@pytest.fixture(scope="module")
-def coffee():
-    return skimage.data.coffee()  # 400 x 600 RGB
 
 
 def test_boxes_in_original_pixels_match_bare_opencv(coffee):
@@ -52,7 +46,7 @@ def _digest(boxes: torch.Tensor) -> str:
 def test_same_boxes_same_order_in_every_process(coffee):
     s = SelectiveSearchSettings(**SMALL)
     here = [_digest(selective_search(coffee, s)) for _ in range(2)]
-    code = ("import hashlib, skimage.data; from proposals.selective_search import *; "
+    code = ("import hashlib, skimage.data; from detection.proposals.selective_search import *; "
             "b = selective_search(skimage.data.coffee(), SelectiveSearchSettings(resize_width=160)); "
             "print(hashlib.sha1(b.numpy().tobytes()).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
@@ -149,8 +143,8 @@ def test_multibox_source_keys_its_cache_by_the_crop_settings_and_rejects_bad_one
     import pickle
 
     from detection.models.backbones import build_backbone
-    from proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox
-    from proposals.pipeline import MultiBoxSource
+    from detection.proposals.multibox.model import MultiBox, MultiBoxConfig, save_multibox
+    from detection.proposals.pipeline import MultiBoxSource
 
     own = tmp_path / "own.pt"  # a MultiBox with its own backbone: the one kind that takes crops
     cfg = MultiBoxConfig(input_size=64, num_priors=4, reduce_channels=8, hidden=8, global_dim=4, prior_embed_dim=2)

@@ -4,13 +4,14 @@ import math
 import pytest
 import torch
 
-from detection.training.finetune import batch_draws, epoch_order, member_draws, repeat_factors, repeated
-from detection.training.roi import MemberSettings, pick_positives, pool_indices
+from detection.training.sampler import (LabelledImage, batch_draws, epoch_order, member_draws, repeat_factors,
+                                        repeated)
+from detection.training.roi import pick_positives, pool_indices
 
 
 def _item(classes, exhaustive=True, n_per_class=5):
     labels = torch.tensor([c for c in classes for _ in range(n_per_class)] + [0] * 20, dtype=torch.long)
-    return {"labels": labels, "max_iou": torch.where(labels > 0, 0.8, 0.2), "exhaustive": exhaustive}
+    return LabelledImage(labels=labels, max_iou=torch.where(labels > 0, 0.8, 0.2), exhaustive=exhaustive)
 
 
 def test_repeat_factors_follow_lvis_and_spare_positives_only_images():
@@ -39,12 +40,12 @@ def test_repeated_rounds_stochastically_to_the_factor_on_average():
 
 
 def test_epoch_order_with_factors_repeats_rare_images_and_still_spreads_positives_only_ones():
-    items = [{"exhaustive": k % 4 != 0} for k in range(40)]  # 10 positives-only among 40
+    items = [_item([], exhaustive=k % 4 != 0) for k in range(40)]  # 10 positives-only among 40
     factors = [3.0 if k == 1 else 1.0 for k in range(40)]  # image 1 (exhaustive) shown 3 times
     order = epoch_order(items, torch.Generator().manual_seed(1), factors)
     assert len(order) == 42 and order.count(1) == 3 and sorted(set(order)) == list(range(40))
     pairs = [order[i:i + 2] for i in range(0, 42, 2)]
-    assert max(sum(not items[j]["exhaustive"] for j in p) for p in pairs) == 1
+    assert max(sum(not items[j].exhaustive for j in p) for p in pairs) == 1
     # all factors 1: exactly the order without factors (an old run's draws are kept)
     g = torch.Generator().manual_seed(5)
     assert epoch_order(items, g, [1.0] * 40) == epoch_order(items, torch.Generator().manual_seed(5))
@@ -79,12 +80,7 @@ def test_balanced_draws_reach_pool_and_members_and_keep_the_batch_ratio():
         lab = labels[pool[p]]
         assert int((lab > 0).sum()) == 16 and int((lab == 0).sum()) == 48
         assert int((lab == 2).sum()) >= 4  # ~ half of 16 but only 6 exist; uniformly ~0.5
-    item = {"labels": labels, "max_iou": max_iou, "exhaustive": True}
+    item = LabelledImage(labels=labels, max_iou=max_iou)
     draws = batch_draws([item, item], members=1, per_image=64, fg=16, gen=torch.Generator().manual_seed(1),
                         balance=True)
     assert [len(d[1][0]) for d in draws] == [64, 64]
-
-
-def test_settings_default_to_the_plain_recipe():
-    s = MemberSettings()
-    assert s.repeat_thresh == 0.0 and s.balance_positives is False

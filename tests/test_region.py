@@ -7,7 +7,6 @@ from torchvision.ops import box_iou
 from detection.crops import context_boxes, warp_crops, warp_crops_reference
 from detection.detector import Detector, DetectorSettings, postprocess
 from detection.labels import det200
-from detection.models.backbones import build_backbone
 from detection.models.region import RegionConfig, RegionEnsemble, load_ensemble, roi_pool, save_ensemble
 from detection.training.roi import member_bg_iou_low, pool_indices
 from detection.training.sampler import label_proposals, labelled_images, sample_indices
@@ -119,11 +118,6 @@ def test_postprocess_matches_per_class_reference():
 
 
 # ------------------------------------------------------------------ ensemble
-
-@pytest.fixture(scope="module")
-def lite0():
-    return build_backbone("lite0").eval()
-
 
 def _ensemble(lite0, **kw):
     torch.manual_seed(0)

@@ -153,9 +153,9 @@ def test_summary_page_links_each_jobs_page(tmp_path):
 
 @pytest.mark.slow
 def test_eval_map_sweep_writes_reports_and_summary(shared_data, tmp_path):
-    """The real thing: reference detections on val_small, two protocols; every page checked against its metrics."""
+    """The real thing: reference detections on voc100, two protocols; every page checked against its metrics."""
     ref = shared_data / "voc100/reference/detections_coco.json"
-    r = subprocess.run([sys.executable, "tools/eval_map.py", "-m", "split=val_small", f"detections={ref}",
+    r = subprocess.run([sys.executable, "tools/eval_map.py", "-m", "split=voc100", f"detections={ref}",
                         f"data_root={shared_data}", "eval.protocol=ilsvrc,voc", f"hydra.sweep.dir={tmp_path}"],
                        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "DET_PROGRESS": "off"})

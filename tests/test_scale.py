@@ -126,8 +126,8 @@ def test_detect_tool_under_torchrun_equals_one_process(tiny_voc, tmp_path):
                      "multibox:\n  top_k: 200\n")
     import shutil
 
-    shutil.copy(PROJECT_ROOT / "configs" / "proposals" / "rcnn.yaml", tmp_path / "rcnn.yaml")
-    common = [str(tiny_voc / "JPEGImages"), "--proposals", str(props), "--no-draw", "--min-score", "0.01"]
+    shutil.copy(PROJECT_ROOT / "detection" / "proposals" / "presets" / "rcnn.yaml", tmp_path / "rcnn.yaml")
+    common = [str(tiny_voc / "JPEGImages"), "--proposals", str(props), "--no-draw", "--score-threshold", "0.01"]
     r2 = run_tool(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
                   "tools/detect.py", *common, "--out", str(tmp_path / "two"))
     assert r2.returncode == 1, r2.stderr[-3000:]  # broken.jpg: named, the others done
@@ -164,7 +164,7 @@ def test_detect_sharded_weights_multibox_boxes_by_their_tags(tiny_voc, tmp_path)
     from detection.api import load_detector
     from detection.data import read_voc
     from detection.sharded import detect_sharded
-    from proposals.pipeline import load_proposal_settings
+    from detection.proposals.pipeline import load_proposal_settings
 
     ds = read_voc(tiny_voc, name="tiny")
     ds.records = [r for r in ds.records if "broken" not in str(r.path)]

@@ -1,11 +1,10 @@
 """One trunk pass per photo: the MultiBox head on the region classifiers' trunk maps, the classifiers and the ImageNet
 prior reading the same pass, selective search beside it, and the thread settings reaching both stages."""
-import numpy as np
 import pytest
 import torch
 
-from proposals.multibox.model import MultiBoxConfig, SharedMultiBox, load_multibox, save_multibox
-from proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
+from detection.proposals.multibox.model import MultiBoxConfig, SharedMultiBox, load_multibox, save_multibox
+from detection.proposals.multibox.train import FeatureSet, TrainSettings, train_multibox
 
 TINY = dict(num_priors=12, reduce_channels=8, hidden=16, global_dim=8, prior_embed_dim=4, roi_size=2, mid_level=True,
             trunk="region")
@@ -161,7 +160,7 @@ def shared_file(tmp_path_factory, ensemble):
 def test_source_on_its_own_pass_equals_the_detectors_shared_pass(shared_file, photo):
     """The shared-feature MultiBox gives the same boxes from the detector's trunk pass as from its own."""
     from detection import load_detector
-    from proposals.pipeline import load_proposal_settings
+    from detection.proposals.pipeline import load_proposal_settings
 
     settings = load_proposal_settings("paper")
     settings.multibox.model = str(shared_file)
@@ -183,7 +182,7 @@ def test_source_on_its_own_pass_equals_the_detectors_shared_pass(shared_file, ph
 
 def test_overlap_and_thread_settings_reach_both_stages(shared_file, photo):
     from detection import load_detector
-    from proposals.pipeline import load_proposal_settings
+    from detection.proposals.pipeline import load_proposal_settings
 
     settings = load_proposal_settings("paper")
     settings.multibox.model = str(shared_file)
@@ -255,7 +254,7 @@ def test_free_cores_counts_other_processes_running():
 
 def test_a_head_of_another_trunk_is_refused(tmp_path, ensemble):
     from detection import load_detector
-    from proposals.pipeline import MultiBoxSource, load_proposal_settings
+    from detection.proposals.pipeline import MultiBoxSource, load_proposal_settings
 
     path = tmp_path / "other.pt"
     save_multibox(shared_head("lite0:0123456789abcdef"), path)
@@ -310,8 +309,8 @@ def test_paper_crops_preset_runs_the_multibox_with_its_own_trunk_on_crops(photo)
     from conftest import PROJECT_ROOT
 
     sys.path.insert(0, str(PROJECT_ROOT / "tools"))
-    import hydra_support as hs
-    from proposals.pipeline import MultiBoxSource, load_proposal_settings
+    from detection import config as hs
+    from detection.proposals.pipeline import MultiBoxSource, load_proposal_settings
 
     hs.register_schemas()
     s = load_proposal_settings("paper_crops")
@@ -329,7 +328,7 @@ def test_region_features_are_the_trunk_maps_cached_with_skips_reported_and_reuse
                                                                                    capsys):
     from detection.data import read_voc
     from detection.data.image_io import read_image_rgb
-    from proposals.multibox.train import compute_region_features
+    from detection.proposals.multibox.train import compute_region_features
 
     ds = read_voc(tiny_voc, name="tiny")
     fs = compute_region_features(ds, ensemble, cache_dir=tmp_path, fine=True, progress=False)

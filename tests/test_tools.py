@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from conftest import PROJECT_ROOT, SHARED_DATA
 
 sys.path.insert(0, str(PROJECT_ROOT / "tools"))
-import hydra_support as hs  # noqa: E402
+sys.path.insert(0, str(PROJECT_ROOT / "tools" / "experiments"))
+from detection import config as hs  # noqa: E402
 
 hs.register_schemas()
 DATASETS = sorted(p.stem for p in (PROJECT_ROOT / "configs" / "dataset").glob("*.yaml"))
@@ -69,7 +70,7 @@ def test_config_typos_fail_clearly():
         assert "protocl" in _chain(bad_key.value)
 
 
-@pytest.mark.parametrize("split,images", [("val_small", 100), ("train_small", 368)])
+@pytest.mark.parametrize("split,images", [("val_small", 49), ("voc100", 100), ("train_small", 368)])
 def test_split_presets_instantiate_on_shared_data(shared_data, split, images):
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval_map", overrides=[f"dataset={split}", f"data_root={shared_data}"])
@@ -78,19 +79,19 @@ def test_split_presets_instantiate_on_shared_data(shared_data, split, images):
 
 
 def test_eval_map_scores_reference_detections(shared_data, tmp_path):
-    r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={REF_DETS}", f"data_root={shared_data}",
+    r = run_tool("tools/eval_map.py", "--split", "voc100", f"detections={REF_DETS}", f"data_root={shared_data}",
                  f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
-    assert "val_small: 100 images, 260 boxes in 19 DET classes" in r.stdout
+    assert "voc100: 100 images, 260 boxes in 19 DET classes" in r.stdout
     assert "detection_unmapped_class [dropped]: 27" in r.stdout
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["protocol"] == "ilsvrc" and m["num_classes_evaluated"] == 19 and m["dataset"] == "val_small"
+    assert m["protocol"] == "ilsvrc" and m["num_classes_evaluated"] == 19 and m["dataset"] == "voc100"
     assert f"{100 * m['mAP']:.2f}%" in r.stdout.splitlines()[-2] or f"{100 * m['mAP']:.2f}%" in r.stdout
     assert (tmp_path / "pr_curves.png").stat().st_size > 10_000
 
 
 def test_eval_map_sweep_prints_one_summary(shared_data, tmp_path):
-    r = run_tool("tools/eval_map.py", "-m", "split=val_small", f"detections={REF_DETS}", f"data_root={shared_data}",
+    r = run_tool("tools/eval_map.py", "-m", "split=voc100", f"detections={REF_DETS}", f"data_root={shared_data}",
                  "eval.protocol=ilsvrc,voc,coco", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     summary = (tmp_path / "summary.txt").read_text().splitlines()
@@ -104,9 +105,9 @@ def test_eval_map_sweep_prints_one_summary(shared_data, tmp_path):
 def test_eval_map_says_what_is_missing(shared_data, tmp_path):
     # no detections file: the detector runs, so a missing classifier model is named
     r = run_tool("tools/eval_map.py", "--split", "val_small", f"data_root={shared_data}", f"hydra.run.dir={tmp_path}",
-                 f"ensemble.model={tmp_path / 'none.pt'}")
+                 f"detector.model={tmp_path / 'none.pt'}")
     assert r.returncode != 0 and "none.pt: region-classifier model not found" in r.stderr
-    r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={REF_DETS}",
+    r = run_tool("tools/eval_map.py", "--split", "voc100", f"detections={REF_DETS}",
                  f"data_root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}")
     assert r.returncode != 0 and "not found: set DET_DATA_ROOT or data_root=PATH" in r.stderr
     r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={tmp_path / 'none.json'}",
@@ -115,7 +116,7 @@ def test_eval_map_says_what_is_missing(shared_data, tmp_path):
 
 
 def test_bench_eval_runs_small(tmp_path):
-    r = run_tool("tools/bench_eval.py", "--images", "30", "--dets", "2000", "--json", str(tmp_path / "b.json"))
+    r = run_tool("tools/experiments/bench_eval.py", "--images", "30", "--dets", "2000", "--json", str(tmp_path / "b.json"))
     assert r.returncode == 0, r.stderr
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["dets"] == 2000 and figures["images"] == 30
@@ -161,11 +162,11 @@ def test_compare_classes_table(tmp_path):
     # the tool: files in, the table out; a bad argument is a clear error
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    r = run_tool("tools/compare_classes.py", f"before={tmp_path / 'a.json'}", f"after={tmp_path / 'b.json'}",
+    r = run_tool("tools/experiments/compare_classes.py", f"before={tmp_path / 'a.json'}", f"after={tmp_path / 'b.json'}",
                  "--out", str(tmp_path / "t.md"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "t.md").read_text().strip() == r.stdout.strip() == table
-    r = run_tool("tools/compare_classes.py", f"x={tmp_path / 'nope.json'}")
+    r = run_tool("tools/experiments/compare_classes.py", f"x={tmp_path / 'nope.json'}")
     assert r.returncode != 0 and "nope.json: no such metrics file" in r.stderr
 
 
@@ -215,17 +216,17 @@ def test_compare_classes_splits_the_change_by_training_source(tmp_path):
     # the tool; a wrong split or file is a clear error
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
+    r = run_tool("tools/experiments/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
                  "--stats", str(tmp_path / "stats.json"), "--split", "breadth")
     assert r.returncode == 0, r.stderr
     assert "| main training source |" in r.stdout and "| coco | 2 | 5 | 15.0 | 40.0 | +12.50 |" in r.stdout
-    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
+    r = run_tool("tools/experiments/compare_classes.py", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
                  "--stats", str(tmp_path / "stats.json"), "--merge", "extra=coco,tiny")
     assert r.returncode == 0, r.stderr
     assert "| laptop | 2 | 0.0 | 50.0 | +50.0 | extra 5, voc 1 |" in r.stdout and "| extra | 2 | 5 |" in r.stdout
-    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--merge", "extra=coco")
+    r = run_tool("tools/experiments/compare_classes.py", f"a={tmp_path / 'a.json'}", "--merge", "extra=coco")
     assert r.returncode != 0 and "--split and --merge need --stats" in r.stderr
-    r = run_tool("tools/compare_classes.py", f"a={tmp_path / 'a.json'}", "--stats", str(tmp_path / "stats.json"),
+    r = run_tool("tools/experiments/compare_classes.py", f"a={tmp_path / 'a.json'}", "--stats", str(tmp_path / "stats.json"),
                  "--split", "nope")
     assert r.returncode != 0 and "no split 'nope' (it has train, breadth)" in r.stderr
     (tmp_path / "old.json").write_text(json.dumps([{"dataset": "x", "sources": {"voc": {"boxes": 3}}}]))
@@ -257,7 +258,7 @@ def test_ablate_finetune_dev_split_is_carved_from_voc07_train_photos_with_propos
 
 def test_eval_map_loc_protocol(shared_data, tmp_path):
     """eval.protocol=loc: top-k localisation per (photo, class), written to metrics.json; no AP plots."""
-    r = run_tool("tools/eval_map.py", "--split", "val_small", f"detections={REF_DETS}", f"data_root={shared_data}",
+    r = run_tool("tools/eval_map.py", "--split", "voc100", f"detections={REF_DETS}", f"data_root={shared_data}",
                  "eval.protocol=loc", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -269,8 +270,8 @@ def test_eval_map_loc_protocol(shared_data, tmp_path):
 
 
 def test_whole_photo_baseline(shared_data, tmp_path):
-    """tools/whole_photo.py: the ImageNet classifier's top classes boxed by the whole photo, scored by loc."""
-    r = run_tool("tools/whole_photo.py", "--split", "val_small", "--images", "12", "--out", str(tmp_path),
+    """tools/experiments/whole_photo.py: the ImageNet classifier's top classes boxed by the whole photo, scored by loc."""
+    r = run_tool("tools/experiments/whole_photo.py", "--split", "val_small", "--images", "12", "--out", str(tmp_path),
                  "--override", f"data_root={shared_data}")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -282,7 +283,7 @@ def test_whole_photo_baseline(shared_data, tmp_path):
 
 
 def test_imagenet_transfer_hidden_classes_and_variants():
-    """tools/imagenet_transfer.py: a fixed, stratified half of the trained classes hidden; each variant's scores."""
+    """tools/experiments/imagenet_transfer.py: a fixed, stratified half of the trained classes hidden; each variant's scores."""
     import torch
 
     import imagenet_transfer as it
@@ -313,12 +314,12 @@ def test_dataset_stats_writes_a_class_boxes_sidecar(shared_data, tmp_path):
     import dataset_stats
 
     out = tmp_path / "m.class_boxes.json"
-    assert dataset_stats.main(["--split", "val_small", "--data-root", str(shared_data), "--class-boxes", str(out)]) == 0
+    assert dataset_stats.main(["--split", "voc100", "--data-root", str(shared_data), "--class-boxes", str(out)]) == 0
     blob = json.loads(out.read_text())
     with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval_map", overrides=["dataset=val_small", f"data_root={shared_data}"])
+        cfg = compose("eval_map", overrides=["dataset=voc100", f"data_root={shared_data}"])
     assert blob["class_boxes"] == instantiate(cfg.dataset, _convert_="all").class_boxes()
-    assert sum(e for e, p in blob["class_boxes"].values()) == 260 and "val_small" in blob["about"]
+    assert sum(e for e, p in blob["class_boxes"].values()) == 260 and "voc100" in blob["about"]
 
 
 def test_bench_scale_busy_processes_run_until_killed():
@@ -336,7 +337,7 @@ def test_bench_scale_busy_processes_run_until_killed():
 
 
 def test_bench_trunks_times_each_trunk_at_the_classifiers_scale():
-    r = subprocess.run([sys.executable, "tools/bench_trunks.py", "--trunks", "lite0", "lite2", "--repeats", "1",
+    r = subprocess.run([sys.executable, "tools/experiments/bench_trunks.py", "--trunks", "lite0", "lite2", "--repeats", "1",
                         "--threads", "1", "--size", "160"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -152,6 +152,9 @@ def test_help_says_what_the_tools_do_with_their_defaults():
                  "proposals=paper|rcnn", "eval.protocol", "val_small", "breadth_coco_val", "paper_crops"):
         assert text in r.stdout, text
     assert "ensemble.size" not in r.stdout and "ensemble.model" not in r.stdout
+    for wrong, right in (("model=region.pt", "detector.model=PATH"), ("ensemble.size=2", "detector.members=")):
+        r = _tool("tools/eval_map.py", "--split", "val", wrong)
+        assert r.returncode != 0 and right in r.stderr, r.stderr[-500:]
 
 
 def test_default_output_folders_are_ignored_by_git():

@@ -198,6 +198,20 @@ def run_detector(cfg: DictConfig, dataset, out: Path, rank: int, world: int, log
     return dets, dataset, extra
 
 
+def check_names(argv: list[str]) -> None:
+    """Stop with the right name for a setting given under another tool's or an old name."""
+    for a in argv:
+        key = a.lstrip("+~").split("=", 1)[0]
+        if key == "model":
+            sys.exit(f"error: {a!r}: the region-classifier file is detector.model=PATH here (model= is "
+                     f"train_classifier.py's architecture preset)")
+        if key.startswith("ensemble."):
+            new = {"ensemble.size": "detector.members", "ensemble.model": "detector.model",
+                   "ensemble.device": "detector.device"}.get(key, "detector.*")
+            sys.exit(f"error: {a!r}: the ensemble settings are {new}= now (python tools/eval_map.py --help)")
+
+
 if __name__ == "__main__":
+    check_names(sys.argv[1:])
     sys.argv = [sys.argv[0]] + hs.rewrite_argv(sys.argv[1:])
     main()

@@ -278,9 +278,10 @@ def test_imagenet_prior_continues_from_the_classifiers_pass(photo):
     torch.testing.assert_close(det.prior.predict(photo, boxes, mid=(scale, mid)), det.prior.predict(photo, boxes))
 
 
-def test_fine_level_pools_small_priors_from_the_stride8_map_and_the_others_not():
+@pytest.mark.parametrize("smooth", [True, False])
+def test_fine_level_pools_small_priors_from_the_stride8_map_and_the_others_not(smooth):
     priors = torch.tensor([[0.1, 0.1, 0.15, 0.15], [0.0, 0.0, 0.9, 0.9], [0.5, 0.5, 0.56, 0.58], [0.2, 0.3, 0.8, 0.7]])
-    cfg = MultiBoxConfig(**{**TINY, "num_priors": 4, "fine_level": True, "fine_cells": 4.0})
+    cfg = MultiBoxConfig(**{**TINY, "num_priors": 4, "fine_level": True, "fine_cells": 4.0, "fine_smooth": smooth})
     torch.manual_seed(0)
     m = SharedMultiBox(cfg=cfg, priors=priors).eval()
     with torch.no_grad():
@@ -292,6 +293,9 @@ def test_fine_level_pools_small_priors_from_the_stride8_map_and_the_others_not()
     # context windows on the 12 x 16 stride-16 map: priors 0 and 2 span under 4 cells, 1 and 3 far more
     changed = ((b0 - b1).abs().amax(-1) > 0)[0] | ((l0 - l1).abs() > 0)[0]
     assert changed.tolist() == [True, False, True, False]
+    # the light branch has no 3x3 conv on the stride-8 map: only the 1x1 lateral's weights are added for it
+    n3x3 = sum(p.numel() for p in m.head.smooth8.parameters())
+    assert (n3x3 == 0) == (not smooth)
     with pytest.raises(ValueError, match="stride-8 map too"):
         m(last, mid)
     with pytest.raises(ValueError, match="needs trunk='region'"):

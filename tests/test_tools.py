@@ -345,3 +345,11 @@ def test_bench_trunks_times_each_trunk_at_the_classifiers_scale():
     assert [ln.split(":")[0] for ln in lines] == ["lite0", "lite2"]
     assert "160x241 pass (1 threads)" in lines[0] and "3.35 M trunk parameters" in lines[0]
     assert "4.78 M trunk parameters" in lines[1]
+
+
+def test_bench_multibox_head_times_the_three_heads(capsys):
+    import bench_multibox_head
+
+    bench_multibox_head.main(["--batch", "1", "--repeats", "1", "--threads", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 3 and rows[0][-1] == "1.00" and all(float(r[-2]) > 0 for r in rows)

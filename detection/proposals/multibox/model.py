@@ -53,6 +53,10 @@ class MultiBoxConfig:
     # stride-16 map
     fine_level: bool = False
     fine_cells: float = 4.0
+    # fine_level: smooth the stride-8 sum with a 3x3 conv as the other levels (True), or take it as the 1x1 lateral
+    # plus the upsampled stride-16 map through a ReLU (False): the 3x3 conv over the 8x larger map is most of an
+    # epoch's time (python tools/experiments/bench_multibox_head.py)
+    fine_smooth: bool = True
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
@@ -82,8 +86,8 @@ class MultiBoxHead(nn.Module):
                                         nn.ReLU(inplace=True))
         if fine_channels:  # one more top-down step: the stride-8 map, for the small priors
             self.lateral8 = nn.Conv2d(fine_channels, cfg.reduce_channels, 1)
-            self.smooth8 = nn.Sequential(nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
-                                         nn.ReLU(inplace=True))
+            self.smooth8 = (nn.Sequential(nn.Conv2d(cfg.reduce_channels, cfg.reduce_channels, 3, padding=1),
+                                          nn.ReLU(inplace=True)) if cfg.fine_smooth else nn.ReLU())
         self.glob = nn.Sequential(nn.Linear(in_channels, cfg.global_dim), nn.ReLU(inplace=True))
         self.prior_embed = nn.Embedding(cfg.num_priors, cfg.prior_embed_dim)
         d_in = cfg.reduce_channels * cfg.roi_size ** 2 + cfg.global_dim + cfg.prior_embed_dim

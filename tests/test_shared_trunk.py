@@ -352,3 +352,33 @@ def test_region_features_are_the_trunk_maps_cached_with_skips_reported_and_reuse
     assert all(torch.equal(a, b) for a, b in zip(again.fines, fs.fines))
     plain = compute_region_features(ds, ensemble, cache_dir=tmp_path, progress=False)  # without fine: cached apart
     assert plain.fines is None and len(sorted(tmp_path.glob("*/chunk*.pt"))) == 2 * len(chunks)
+
+
+@pytest.mark.slow
+def test_train_multibox_tool_trains_resumes_and_saves_a_usable_head(tiny_voc, tmp_path):
+    """tools/train_multibox.py end to end on real photos (the shipped recipe: a head on the embedded classifiers'
+    trunk), then again with more epochs: it resumes, and the file it writes serves the proposal stage."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+    from detection.models.region import load_ensemble
+    from detection.proposals.pipeline import ProposalSettings, ProposalStage
+
+    common = [sys.executable, "tools/train_multibox.py", "dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny",
+              f"cache_dir={tmp_path / 'cache'}", "model.num_priors=8", "train.batch_size=2", "dev_every=0",
+              f"out_dir={tmp_path / 'mb'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    r = subprocess.run(common + ["train.epochs=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "broken.jpg" in r.stdout  # the corrupt photo is reported, the others train
+    r = subprocess.run(common + ["train.epochs=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "resumed from" in r.stdout + r.stderr, r.stderr[-3000:]  # its epochs are not redone
+    # the same out_dir with another recipe is refused by name, not resumed into a mix of the two
+    r = subprocess.run(common + ["train.epochs=3"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "a checkpoint of a run with other settings" in r.stderr
+    m = load_multibox(tmp_path / "mb" / "multibox.pt")
+    assert isinstance(m, SharedMultiBox) and len(m.record["epochs"]) == 2 and m.priors.shape == (8, 4)
+    assert m.trunk_id == load_ensemble().trunk_id  # trained on the embedded classifiers' maps: it runs with them
+    stage = ProposalStage(ProposalSettings.from_dict({"multibox": {"model": str(tmp_path / "mb" / "multibox.pt")}}),
+                          cache_root=tmp_path / "pc")
+    assert stage.mb.shared and stage.mb.model().cfg.num_priors == 8

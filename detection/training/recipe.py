@@ -1,4 +1,4 @@
-"""The region classifiers' training run, from a tool config: what ``tools/train_classifier.py`` runs.
+"""The training runs from a tool config: what ``tools/train_classifier.py`` and ``tools/train_multibox.py`` run.
 
 Proposals (cached; each rank extracts its shard) -> the ensemble and its trunk maps -> training (roi mode:
 :mod:`detection.training.finetune`; warp mode: :mod:`detection.training.warp`) -> validation -> the saved model and
@@ -12,13 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detection import config as hs
 from detection.files import atomic_write_text
 
-__all__ = ["train_classifier", "warm_start", "lineage_class_boxes", "validate"]
+__all__ = ["train_classifier", "train_multibox_head", "warm_start", "lineage_class_boxes", "validate"]
 
 
 def train_classifier(cfg: DictConfig) -> None:
@@ -167,7 +169,8 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {key}={given}: {e}")
     fields = ("mode", "members", "num_classes", "roi_size", "roi_layer", "hidden", "standardize")
-    bad = [f"{f} {getattr(src.cfg, f)} vs {getattr(rcfg, f)}" for f in fields if getattr(src.cfg, f) != getattr(rcfg, f)]
+    bad = [f"{f} {getattr(src.cfg, f)} vs {getattr(rcfg, f)}" for f in fields
+           if getattr(src.cfg, f) != getattr(rcfg, f)]
     if bad:
         sys.exit(f"error: {key}={given}: its heads do not fit model ({'; '.join(bad)})")
     if cfg.init_model and (src.cfg.trainable_stages != rcfg.trainable_stages or src.cfg.backbone != rcfg.backbone):
@@ -205,3 +208,75 @@ def validate(cfg: DictConfig, model, stage) -> dict:
         out[key] = evaluate(dets, val_eval).map
         out["images"] = len(val_eval)
     return out
+
+
+def train_multibox_head(cfg: DictConfig) -> None:
+    """``tools/train_multibox.py``'s job from its composed config (:class:`~detection.config.TrainMultiBoxConfig`):
+    the split's trunk features (cached; the region classifiers' maps for ``model.trunk=region``), k-means priors, the
+    head trained with per-epoch checkpoints and recall on the dev carve, saved to ``out_dir/multibox.pt`` (and
+    installed as the embedded default with ``install``).  A restart resumes."""
+    from detection.models import build_backbone
+    from detection.proposals.multibox.model import MultiBox, MultiBoxConfig, SharedMultiBox
+    from detection.proposals.multibox.train import (TrainSettings, compute_features, compute_region_features,
+                                                    train_multibox, train_priors)
+    from detection.proposals.multibox import default_model_path
+
+    hs.resolve_data_root(cfg)
+    cache = hs.resolve_cache_dir(cfg) / "multibox_features"
+    t0 = time.perf_counter()
+    train_ds = instantiate(cfg.dataset, _convert_="all")
+    val_ds = instantiate(cfg.val_dataset, _convert_="all") if cfg.val_dataset is not None else None
+    print(train_ds.summary())
+    partial = sum(not r.exhaustive for r in train_ds.records)
+    if partial:  # MultiBox learns "no object here" from every unmatched prior: only exhaustive photos can teach it
+        train_ds = train_ds.exhaustive_only()
+        print(f"{partial} photos not exhaustively annotated left out (their unboxed objects would be negatives)")
+    mcfg = MultiBoxConfig(**OmegaConf.to_container(cfg.model))
+    tset = TrainSettings(**OmegaConf.to_container(cfg.train))
+    torch.manual_seed(tset.seed)
+    if mcfg.trunk == "region":  # the head reads the region classifiers' trunk: their model gives the maps
+        from detection.models.region import load_ensemble
+
+        ensemble = load_ensemble(cfg.region_model).fuse_for_inference()
+        if ensemble.cfg.backbone != mcfg.backbone:
+            raise ValueError(f"model.backbone={mcfg.backbone} but the region model's trunk is "
+                             f"{ensemble.cfg.backbone}")
+        model = SharedMultiBox(cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4), trunk_id=ensemble.trunk_id)
+        print(f"trunk: the region classifiers' ({cfg.region_model or 'embedded default'}, {ensemble.trunk_id})")
+
+        def features(ds):
+            return compute_region_features(ds, ensemble, cache_dir=cache, fine=mcfg.fine_level)
+    else:
+        model = MultiBox(backbone=build_backbone(mcfg.backbone), cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4))
+
+        def features(ds):
+            return compute_features(ds, model, cache_dir=cache)
+    feats = features(train_ds)
+    val = features(val_ds) if val_ds is not None else None
+    if cfg.dev_every:  # a dev split carved from train: every dev_every-th voc07 photo (by position), not trained on
+        from detection.proposals.multibox.train import split_features
+
+        dev_ids = {r.image_id for i, r in enumerate(train_ds.records)
+                   if i % cfg.dev_every == 0 and "voc07" in str(r.path)}
+        feats, val = split_features(feats, dev_ids)
+        print(f"dev split carved from {train_ds.name}: {len(val.ids)} photos (recall reported per epoch), "
+              f"{len(feats.ids)} train")
+    t_feat = time.perf_counter() - t0
+    model.priors.copy_(train_priors(feats, k=mcfg.num_priors, seed=tset.seed))
+    print(f"features: {len(feats.ids)} train images in {t_feat:.0f} s; {mcfg.num_priors} k-means priors")
+    record = train_multibox(model, feats, settings=tset, out_dir=cfg.out_dir, val=val)
+    record.update({"dataset": train_ds.name, "dev_every": cfg.dev_every,
+                   "val_dataset": val_ds.name if val_ds else (f"dev (every {cfg.dev_every}th voc07 photo of "
+                                                               f"{train_ds.name})" if cfg.dev_every else None),
+                   "feature_seconds": t_feat, "total_seconds": time.perf_counter() - t0,
+                   "command": " ".join(sys.argv)})
+    from detection.proposals.multibox.model import save_multibox
+
+    out = Path(cfg.out_dir) / "multibox.pt"
+    save_multibox(model, out, record=record)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if cfg.install:
+        dest = default_model_path()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, dest)
+        print(f"installed as the embedded default: {dest}")

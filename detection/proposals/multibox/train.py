@@ -274,6 +274,12 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
     start_epoch = 0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
+        old = ck["record"]
+        differ = [f"{k} {old.get(k)} vs {record[k]}" for k in ("settings", "config", "train_images")
+                  if old.get(k) != record[k]]
+        if differ:  # a checkpoint of another run: resuming it would mix two recipes (or break the schedule)
+            raise ValueError(f"{ckpt_path}: a checkpoint of a run with other settings ({'; '.join(differ)}); "
+                             f"give another out_dir, or delete it to start over")
         head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,22 +29,20 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
-from detection.progress import progress as progress_bar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
+from detection.data.records import DetectionDataset
+from detection.detector import Detector, DetectorSettings
+from detection.evaluation import evaluate
+from detection.evaluation.detections import Detections
+from detection.models.backbones import build_backbone
+from detection.models.region import RegionConfig, RegionEnsemble
+from detection.progress import progress as progress_bar
+from detection.proposals.pipeline import ProposalStage
+from detection.training.finetune import train_finetuned
+from detection.training.roi import MemberSettings
 
 hs.register_schemas()
-
-from detection.data.records import DetectionDataset  # noqa: E402
-from detection.detector import Detector, DetectorSettings  # noqa: E402
-from detection.evaluation import evaluate  # noqa: E402
-from detection.evaluation.detections import Detections  # noqa: E402
-from detection.models.backbones import build_backbone  # noqa: E402
-from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
-from detection.training.finetune import train_finetuned  # noqa: E402
-from detection.training.roi import MemberSettings  # noqa: E402
-from detection.proposals.pipeline import ProposalStage  # noqa: E402
 
 
 def carve_dev(ds: DetectionDataset, proposals: list, *, every: int) -> tuple[list[int], list[int]]:

@@ -15,29 +15,25 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.ops import box_iou, roi_align
-from detection.progress import progress as progress_bar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
+from detection.data.image_io import read_image_rgb
+from detection.detector import postprocess
+from detection.evaluation import evaluate
+from detection.evaluation.detections import Detections
+from detection.models.backbones import build_backbone
+from detection.models.region import RegionConfig, RegionEnsemble
+from detection.progress import progress as progress_bar
+from detection.training.roi import pool_indices
+from detection.training.sampler import labelled_images
 
 hs.register_schemas()
-
-from detection.data.image_io import read_image_rgb  # noqa: E402
-from detection.detector import postprocess  # noqa: E402
-from detection.evaluation import evaluate  # noqa: E402
-from detection.evaluation.detections import Detections  # noqa: E402
-from detection.models.backbones import build_backbone  # noqa: E402
-from detection.models.region import RegionConfig, RegionEnsemble  # noqa: E402
-from detection.training.roi import pool_indices  # noqa: E402
-from detection.training.sampler import labelled_images  # noqa: E402
 
 VARIANTS = {"last2": ["last2"], "stem4": ["stem4"], "last2+mid4": ["last2", "mid4"], "stem4+mid4": ["stem4", "mid4"],
             "last2+mid6": ["last2", "mid6"]}

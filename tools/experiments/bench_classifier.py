@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import skimage.data
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def bench_crop_path(backbone_name: str, batch: int, repeats: int, crop: int) -> dict:
@@ -70,10 +67,9 @@ def bench_crop_path(backbone_name: str, batch: int, repeats: int, crop: int) -> 
 def bench_detect(model_path: str | None, repeats: int) -> dict:
     from PIL import Image
 
-    from detection.proposals.pipeline import load_proposal_settings
     from detection.detector import Detector
     from detection.models.region import load_ensemble
-    from detection.proposals.pipeline import ProposalStage
+    from detection.proposals.pipeline import ProposalStage, load_proposal_settings
 
     img = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((500, 333), Image.BILINEAR))
     out = {}

@@ -22,7 +22,10 @@ import numpy as np
 from detection.data import read_coco, read_image_rgb
 from detection.data.records import DetectionDataset
 from detection.proposals.extract import SelectiveSearchSource, extract_split
-from detection.proposals.selective_search import SelectiveSearchSettings, selective_search
+from detection.proposals.selective_search import (
+    SelectiveSearchSettings,
+    selective_search,
+)
 
 
 def bench_overhead(paths: list[Path], settings: SelectiveSearchSettings) -> dict:

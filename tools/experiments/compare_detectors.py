@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from detection.progress import progress as progress_bar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
+from detection.progress import progress as progress_bar
 
 hs.register_schemas()
 
@@ -38,16 +37,21 @@ PROPOSAL_SETS = {"paper": ["proposals=paper"], "rcnn": ["proposals=rcnn"],
 
 
 def main() -> None:
-    from detection.data.image_io import ImageDecodeError, read_image_rgb
-    from detection.sharded import restrict_to_scored
     from dataclasses import replace
 
+    from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.detector import Detector, DetectorSettings, box_area_share
-    from detection.evaluation import Detections, evaluate, save_metrics, write_coco_results
+    from detection.evaluation import (
+        Detections,
+        evaluate,
+        save_metrics,
+        write_coco_results,
+    )
     from detection.evaluation.errors import analyze_errors, format_errors, plot_errors
     from detection.labels import det200
     from detection.models.region import load_ensemble
     from detection.proposals.pipeline import ProposalStage
+    from detection.sharded import restrict_to_scored
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="val")

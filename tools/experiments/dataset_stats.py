@@ -15,9 +15,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from detection import config as hs  # noqa: E402
+from detection import config as hs
 
 
 def split_stats(dataset, *, min_boxes: int) -> dict:

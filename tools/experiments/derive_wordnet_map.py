@@ -20,10 +20,8 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from detection.data.wordnet import derive_det_map, read_data_noun  # noqa: E402
-from detection.labels import det200  # noqa: E402
+from detection.data.wordnet import derive_det_map, read_data_noun
+from detection.labels import det200
 
 OUT = Path(__file__).resolve().parents[2] / "detection" / "resources" / "imagenet_to_det200.tsv"
 

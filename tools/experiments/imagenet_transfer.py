@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-from detection.files import atomic_torch_save
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
+from detection.files import atomic_torch_save
 
 hs.register_schemas()
 

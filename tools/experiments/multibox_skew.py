@@ -11,14 +11,12 @@ train proposals would then see better MultiBox boxes than it meets at test time.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
 
 hs.register_schemas()
 
@@ -29,6 +27,9 @@ def main() -> None:
     from detection.proposals.merge import merge_proposals
     from detection.proposals.pipeline import ProposalStage
 
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        return
     print(f"{'images of':<14}{'images':>8}{'objects':>9}{'MB top-200':>12}{'SS k x 2':>10}{'paper':>9}"
           f"{'MB boxes IoU>=0.5 share':>26}")
     for split in sys.argv[1:] or ("train", "val"):

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import config as hs  # noqa: E402
+from detection import config as hs
 
 hs.register_schemas()
 
@@ -29,8 +27,8 @@ hs.register_schemas()
 def main() -> None:
     from detection.data.image_io import ImageDecodeError, read_image_rgb
     from detection.evaluation import Detections, GroundTruth, write_coco_results
-    from detection.files import atomic_write_text
     from detection.evaluation.loc import evaluate_loc, format_loc, training_groups
+    from detection.files import atomic_write_text
     from detection.models.imagenet_prior import build_imagenet_prior
     from detection.models.region import load_ensemble
     from detection.progress import progress as progress_bar

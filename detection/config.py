@@ -161,6 +161,15 @@ def _plain_type(t):
     return base
 
 
+def _or_none(t):
+    """An argparse type: ``t`` of the text, or None for ``none`` / ``null`` (a setting whose default may be None)."""
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else t(text)
+
+    parse.__name__ = t.__name__  # argparse names the type in its errors
+    return parse
+
+
 def add_settings_arguments(parser, cls, *, skip=()) -> None:
     """One ``--name`` option per field of the settings dataclass ``cls`` (underscores as dashes), with its type, its
     default and its help from the dataclass: a command line that never restates a default."""
@@ -184,7 +193,9 @@ def add_settings_arguments(parser, cls, *, skip=()) -> None:
             parser.add_argument(opt, dest=f.name, type=base[1], nargs="+", default=default, metavar="N",
                                 help=help_text)
         else:
-            parser.add_argument(opt, dest=f.name, type=base, default=default, help=help_text)
+            optional = typing.get_origin(hints[f.name]) is not None  # X | None: "none" gives None
+            parser.add_argument(opt, dest=f.name, type=_or_none(base) if optional else base, default=default,
+                                help=help_text)
 
 
 def settings_from_args(args, cls):

@@ -40,6 +40,8 @@ def test_tools_take_the_detector_settings_from_the_dataclasses():
                               "--score-threshold", "0.2"])
     s = config.settings_from_args(args, DetectorSettings)
     assert (s.members, s.imagenet_prior, s.image_sizes, s.score_threshold) == (2, False, (600, 900), 0.2)
+    args = detect.parse_args(["photo.jpg", "--backbone-weights", "none", "--threads", "none", "--members", "3"])
+    assert args.backbone_weights is None and args.threads is None and args.members == 3  # "none": a None setting
     # eval_map's detector node is built from the same fields; its YAML restates none of them
     config.register_schemas()
     with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):

@@ -91,8 +91,7 @@ def as_rgb_array(image, *, upright: bool = True) -> np.ndarray:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            from detection.data.image_io import pil_to_rgb
-            from detection.data.image_io import upright as turn_upright
+            from detection.data.image_io import pil_to_rgb, turn_upright
 
             # 16-bit, palette, CMYK as read_image_rgb does
             return np.ascontiguousarray(pil_to_rgb(turn_upright(image) if upright else image))

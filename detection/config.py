@@ -149,16 +149,17 @@ class TrainClassifierConfig(ToolConfig):
     train: MemberSettings = field(default_factory=MemberSettings)
 
 
-def _plain_type(t):
-    """``int`` from ``int | None`` / ``Optional[int]``; ``(tuple, int)`` from ``tuple[int, ...] | None``."""
+def _plain_type(t) -> tuple:
+    """``(base, optional)``: ``(int, True)`` from ``int | None``; ``((tuple, int), True)`` from
+    ``tuple[int, ...] | None``; ``(float, False)`` from ``float``."""
     import types
     import typing
 
-    union = typing.get_origin(t) in (typing.Union, types.UnionType)
-    base = [a for a in typing.get_args(t) if a is not type(None)][0] if union else t
+    optional = typing.get_origin(t) in (typing.Union, types.UnionType)
+    base = [a for a in typing.get_args(t) if a is not type(None)][0] if optional else t
     if typing.get_origin(base) in (tuple, list):
-        return (tuple, typing.get_args(base)[0])
-    return base
+        return (tuple, typing.get_args(base)[0]), optional
+    return base, optional
 
 
 def _or_none(t):
@@ -181,7 +182,7 @@ def add_settings_arguments(parser, cls, *, skip=()) -> None:
         if f.name in skip:
             continue
         opt = "--" + f.name.replace("_", "-")
-        base = _plain_type(hints[f.name])
+        base, optional = _plain_type(hints[f.name])
         default = f.default
         shown = ("on" if default else "off") if isinstance(default, bool) else (
             " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default)
@@ -192,8 +193,7 @@ def add_settings_arguments(parser, cls, *, skip=()) -> None:
         elif isinstance(base, tuple):
             parser.add_argument(opt, dest=f.name, type=base[1], nargs="+", default=default, metavar="N",
                                 help=help_text)
-        else:
-            optional = typing.get_origin(hints[f.name]) is not None  # X | None: "none" gives None
+        else:  # X | None: "none" gives None
             parser.add_argument(opt, dest=f.name, type=_or_none(base) if optional else base, default=default,
                                 help=help_text)
 
@@ -223,12 +223,10 @@ def register_schemas() -> None:
     cs.store(name="eval_map_schema", node=EvalMapConfig)
     cs.store(name="train_multibox_schema", node=TrainMultiBoxConfig)
     # the proposal presets ship with the package (detection/proposals/presets/): the tools' `proposals=NAME` group
-    from dataclasses import asdict
-
     from detection.proposals.pipeline import load_proposal_settings, proposal_presets
 
     for name in proposal_presets():
-        cs.store(group="proposals", name=name, node=asdict(load_proposal_settings(name)))
+        cs.store(group="proposals", name=name, node=dataclasses.asdict(load_proposal_settings(name)))
 
 
 def proposal_settings(cfg: DictConfig) -> ProposalSettings:
@@ -238,7 +236,6 @@ def proposal_settings(cfg: DictConfig) -> ProposalSettings:
 
 def detector_settings(node: DictConfig):
     """The :class:`~detection.detector.DetectorSettings` of a tool's ``detector`` node (validated)."""
-
     d = OmegaConf.to_container(node, resolve=True)
     return DetectorSettings(**{f.name: d[f.name] for f in dataclasses.fields(DetectorSettings)})
 

@@ -16,8 +16,9 @@ from torchvision.ops import batched_nms
 from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
-__all__ = ["DetectorSettings", "LoadSettings", "setting", "DetectionResult", "postprocess", "weight_sources", "box_area_share", "fuse_imagenet",
-           "Detector", "detect_dataset", "set_threads", "free_cores", "process_threads"]
+__all__ = ["DetectorSettings", "LoadSettings", "setting", "DetectionResult", "postprocess", "weight_sources",
+           "box_area_share", "fuse_imagenet", "Detector", "detect_dataset", "set_threads", "free_cores",
+           "process_threads"]
 
 
 def setting(default, help: str):
@@ -243,6 +244,7 @@ class Detector:
                 raise ValueError("imagenet_prior needs the backbone's ImageNet weights (backbone_weights='imagenet' "
                                  "or a local .pth file), not None")
             self.trust = class_trust(classifier.class_boxes, prior_boxes=self.settings.prior_boxes)
+            self._trusts = {self.settings.prior_boxes: self.trust}  # Detector.score's variants add theirs
             c = classifier.cfg
             try:
                 self.prior = prior if prior is not None else build_imagenet_prior(
@@ -304,16 +306,19 @@ class Detector:
         if prior is not None:
             if self.trust is None:
                 raise ValueError("a prior was given but this detector was built with imagenet_prior=False")
-            trust = self.trust
-            if st.prior_boxes != self.settings.prior_boxes:
-                from detection.models.imagenet_prior import class_trust
-
-                trust = class_trust(self.classifier.class_boxes, prior_boxes=st.prior_boxes)
-            probs = fuse_imagenet(probs, prior, trust, box_area=box_area.to(probs.device),
+            probs = fuse_imagenet(probs, prior, self._trust_for(st.prior_boxes), box_area=box_area.to(probs.device),
                                   area_power=st.prior_area_power)
         probs = weight_sources(probs, source, st.multibox_weight)
         return postprocess(boxes.float().cpu(), probs, nms_iou=st.nms_iou, max_per_class=st.max_per_class,
                            score_threshold=st.score_threshold)
+
+    def _trust_for(self, prior_boxes: float) -> Tensor:
+        """The per-class trust for ``prior_boxes``: computed once per value, not per image."""
+        if prior_boxes not in self._trusts:
+            from detection.models.imagenet_prior import class_trust
+
+            self._trusts[prior_boxes] = class_trust(self.classifier.class_boxes, prior_boxes=prior_boxes)
+        return self._trusts[prior_boxes]
 
     def detect(self, image_rgb: np.ndarray, *, boxes: Tensor | None = None, source: Tensor | None = None
                ) -> DetectionResult:

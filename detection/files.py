@@ -6,6 +6,7 @@ process's umask), not the owner-only mode of a temporary file.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any, BinaryIO, Callable
 __all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save", "new_file_mode"]
 
 
+@functools.lru_cache(maxsize=1)
 def new_file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    """The mode a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask.  Read once: reading the
+    umask sets it for a moment, process-wide, which must not happen beside threads that create files."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

@@ -145,3 +145,43 @@ def test_fuse_imagenet_area_power_prefers_the_whole_object():
         fuse_imagenet(probs, prior, trust, area_power=0.25)
     with pytest.raises(ValueError, match="area_power"):
         fuse_imagenet(probs, prior, trust, box_area=area, area_power=-1.0)
+
+
+def test_score_variants_equal_detectors_built_with_their_settings(prior):
+    """Detector.score with another variant's settings (compare_detectors' one-pass sweep) scores exactly as a
+    detector built with those settings does."""
+    from dataclasses import replace
+
+    from detection.detector import Detector, DetectorSettings
+    from detection.models.region import load_ensemble
+
+    model = load_ensemble().fuse_for_inference()
+    base = DetectorSettings(threads=None)
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(40, 2, generator=g) * 200
+    boxes = torch.cat([boxes, boxes + 20 + torch.rand(40, 2, generator=g) * 200], 1)
+    probs = torch.rand(40, 201, generator=g).softmax(-1)
+    p = torch.rand(40, 201, generator=g).softmax(-1)
+    area = torch.rand(40, generator=g)
+    source = (torch.arange(40) % 3 == 0).long()
+    det = Detector(classifier=model, settings=base, prior=prior)
+    for variant in (replace(base, prior_boxes=5.0, nms_iou=0.5), replace(base, multibox_weight=1.0),
+                    replace(base, prior_area_power=0.0, prior_boxes=5.0)):
+        want = Detector(classifier=model, settings=variant, prior=prior).score(boxes, probs, source=source, prior=p,
+                                                                               box_area=area)
+        got = det.score(boxes, probs, source=source, prior=p, box_area=area, settings=variant)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+    assert set(det._trusts) == {20.0, 5.0}  # a variant's trust computed once, kept
+
+
+def test_install_replaces_the_embedded_file_whole(tmp_path):
+    from detection.training.recipe import install
+
+    trained, dest = tmp_path / "out" / "region.pt", tmp_path / "pkg" / "weights" / "region_lite0.pt"
+    trained.parent.mkdir()
+    trained.write_bytes(b"new weights")
+    said = []
+    install(trained, dest, log=said.append)
+    assert dest.read_bytes() == b"new weights" and str(dest) in said[0]
+    assert [p.name for p in dest.parent.iterdir()] == ["region_lite0.pt"]  # no temporary file left

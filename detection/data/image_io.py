@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size", "pil_to_rgb", "upright"]
+__all__ = ["ImageDecodeError", "read_image_rgb", "read_image_size", "pil_to_rgb", "turn_upright"]
 
 # Photos bigger than this are almost certainly an error (decompression bomb); still well above any real photo here.
 _MAX_PIXELS = 200_000_000
@@ -76,7 +76,7 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def upright(im: Image.Image) -> Image.Image:
+def turn_upright(im: Image.Image) -> Image.Image:
     """``im`` turned by its EXIF orientation tag (2-8: mirrored and/or rotated) into the frame it is viewed in;
     ``im`` itself when it has no such tag."""
     from PIL import ImageOps
@@ -90,7 +90,7 @@ def upright(im: Image.Image) -> Image.Image:
 
 def read_image_rgb(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
     """Decode an image file to ``uint8[H, W, 3]`` RGB: the stored pixels, or with ``upright=True`` turned by the
-    EXIF orientation (:func:`upright`).
+    EXIF orientation (:func:`turn_upright`).
 
     Handles JPEG/PNG/BMP/... behind any extension, greyscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit.
     Raises :class:`ImageDecodeError` naming the file for a missing, empty, unidentifiable or truncated file.
@@ -99,7 +99,7 @@ def read_image_rgb(path: str | os.PathLike, *, upright: bool = False) -> np.ndar
     try:
         with im:
             im.load()  # a truncated file raises here: PIL.ImageFile.LOAD_TRUNCATED_IMAGES stays False
-            arr = pil_to_rgb(_upright(im) if upright else im)
+            arr = pil_to_rgb(turn_upright(im) if upright else im)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -109,5 +109,3 @@ def read_image_rgb(path: str | os.PathLike, *, upright: bool = False) -> np.ndar
         raise ImageDecodeError(path, f"decoded to unexpected array {arr.shape} {arr.dtype}")
     return arr
 
-
-_upright = upright  # read_image_rgb's keyword shadows the function's name

@@ -290,21 +290,26 @@ def voc_photo_id(path: str | Path) -> str | None:
     return f"{m.group(1)}_{m.group(2)}" if m else None
 
 
+def _photo_key(r: ImageRecord) -> tuple:
+    """Which photo a record is: its VOC id when it has one (re-encoded copies keep it), else its bytes."""
+    vid = voc_photo_id(r.path)
+    return ("voc", vid) if vid is not None else ("bytes", *_file_key(r))
+
+
 def without_photos_of(dataset: DetectionDataset, others: DetectionDataset | Sequence[DetectionDataset], *,
                       name: str | None = None) -> DetectionDataset:
-    """``dataset`` less every photo that one of ``others`` holds too (the same VOC photo under another name, or the
-    same bytes), each left out and counted in the report as ``held_out_image``: e.g. an evaluation split kept
-    disjoint from the training photos."""
+    """``dataset`` less every photo that one of ``others`` holds too (:func:`_photo_key`: the same VOC photo under
+    another name, or the same bytes), each left out and counted in the report as ``held_out_image``: e.g. an
+    evaluation split kept disjoint from the training photos.  Only photos without a VOC id are read for their bytes."""
     others = [others] if isinstance(others, DetectionDataset) else list(others)
-    voc_ids = {voc_photo_id(r.path) for o in others for r in o.records} - {None}
-    keys = {_file_key(r) for o in others for r in o.records} if not voc_ids else set()
+    held = {_photo_key(r) for o in others for r in o.records}
     keep, report = [], ScanReport()
     report.merge(dataset.report)
     for i, r in enumerate(dataset.records):
-        vid = voc_photo_id(r.path)
-        if (vid is not None and vid in voc_ids) or (keys and _file_key(r) in keys):
-            report.add("held_out_image", r.path, f"the same photo ({vid or 'same bytes'}) is in "
-                                                 f"{', '.join(o.name for o in others)}")
+        key = _photo_key(r)
+        if key in held:
+            report.add("held_out_image", r.path, f"the same photo ({key[1] if key[0] == 'voc' else 'same bytes'}) "
+                                                 f"is in {', '.join(o.name for o in others)}")
             continue
         keep.append(i)
     out = dataset.subset(keep)

@@ -7,7 +7,6 @@ its record.  Kill it and run the same command again: proposals, trunk maps and f
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detection import config as hs
-from detection.files import atomic_write_text
+from detection.files import atomic_write, atomic_write_text
 
-__all__ = ["train_classifier", "train_multibox_head", "warm_start", "lineage_class_boxes", "validate"]
+__all__ = ["train_classifier", "train_multibox_head", "warm_start", "lineage_class_boxes", "validate", "install"]
+
+
+def install(trained: Path, dest: Path, *, log=print) -> None:
+    """Copy a trained model over the package's embedded default (atomically: a detector loading it meanwhile reads
+    the old file or the new one, never half of one)."""
+    atomic_write(dest, trained.read_bytes())
+    log(f"installed as the embedded default: {dest}")
 
 
 def train_classifier(cfg: DictConfig) -> None:
@@ -132,10 +138,7 @@ def train_classifier(cfg: DictConfig) -> None:
         atomic_write_text(Path(cfg.out_dir) / "record.json", json.dumps(record, indent=2, default=str))
         log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB) in {record['total_seconds']:.0f} s")
         if cfg.install:
-            dest = default_region_model_path()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(out, dest)
-            log(f"installed as the embedded default: {dest}")
+            install(out, default_region_model_path(), log=log)
     from detection.distributed import finish
 
     finish(world)
@@ -276,7 +279,4 @@ def train_multibox_head(cfg: DictConfig) -> None:
     save_multibox(model, out, record=record)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if cfg.install:
-        dest = default_model_path()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out, dest)
-        print(f"installed as the embedded default: {dest}")
+        install(out, default_model_path(), log=print)

@@ -219,8 +219,12 @@ def test_a_plain_install_works_outside_the_checkout(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(wheels.glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    from detection.models.region import default_region_model_path
+    from detection.proposals.multibox import default_model_path
+
     for want in ("detection/proposals/presets/paper.yaml", "detection/resources/det200_synsets.txt",
-                 "detection/models/weights/region_lite0.pt", "detection/models/weights/multibox_lite0.pt"):
+                 f"detection/models/weights/{default_region_model_path().name}",
+                 f"detection/models/weights/{default_model_path().name}"):
         assert want in names, want
     assert not any(n.startswith(("tools/", "tests/", "configs/")) for n in names)
     site = tmp_path / "site"

@@ -122,13 +122,15 @@ def score_loc(dets, dataset, out: Path, extra: dict, class_boxes: dict | None) -
 
 def report_info(cfg: DictConfig, extra: dict) -> dict:
     """The headline facts of report.html: what ran, on what, how long."""
+    from detection.models.region import default_region_model_path
+
     info = {"dataset": extra.get("dataset"), "protocol": str(getattr(cfg.eval.protocol, "value", cfg.eval.protocol))}
     if cfg.detections is not None:
         info["detections"] = str(cfg.detections)
         return info
     p = cfg.proposals
     mb = f" + top {p.multibox.top_k} MultiBox" if p.multibox.top_k else ""
-    info.update({"model": cfg.detector.model or "embedded default (detection/models/weights/region_lite0.pt)",
+    info.update({"model": cfg.detector.model or f"embedded default ({default_region_model_path().name})",
                  "ensemble members": extra.get("ensemble_members"),
                  "proposals": f"selective search {p.selective_search.mode} k × {p.selective_search.k_scale:g}{mb} "
                               f"({extra.get('proposals_per_image', 0):.0f} / image)",

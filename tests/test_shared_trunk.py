@@ -367,7 +367,8 @@ def test_train_multibox_tool_trains_resumes_and_saves_a_usable_head(tiny_voc, tm
 
     common = [sys.executable, "tools/train_multibox.py", "dataset=voc", f"dataset.root={tiny_voc}", "dataset.name=tiny",
               f"cache_dir={tmp_path / 'cache'}", "model.num_priors=8", "train.batch_size=2", "dev_every=0",
-              f"out_dir={tmp_path / 'mb'}", f"hydra.run.dir={tmp_path / 'run'}"]
+              f"out_dir={tmp_path / 'mb'}", f"hydra.run.dir={tmp_path / 'run'}",
+              "model.backbone=lite2"]  # the region classifiers' trunk decides: a head reads their maps
     r = subprocess.run(common + ["train.epochs=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "broken.jpg" in r.stdout  # the corrupt photo is reported, the others train
@@ -379,6 +380,7 @@ def test_train_multibox_tool_trains_resumes_and_saves_a_usable_head(tiny_voc, tm
     m = load_multibox(tmp_path / "mb" / "multibox.pt")
     assert isinstance(m, SharedMultiBox) and len(m.record["epochs"]) == 2 and m.priors.shape == (8, 4)
     assert m.trunk_id == load_ensemble().trunk_id  # trained on the embedded classifiers' maps: it runs with them
+    assert m.cfg.backbone == load_ensemble().cfg.backbone
     stage = ProposalStage(ProposalSettings.from_dict({"multibox": {"model": str(tmp_path / "mb" / "multibox.pt")}}),
                           cache_root=tmp_path / "pc")
     assert stage.mb.shared and stage.mb.model().cfg.num_priors == 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -241,9 +242,7 @@ def train_multibox_head(cfg: DictConfig) -> None:
         from detection.models.region import load_ensemble
 
         ensemble = load_ensemble(cfg.region_model).fuse_for_inference()
-        if ensemble.cfg.backbone != mcfg.backbone:
-            raise ValueError(f"model.backbone={mcfg.backbone} but the region model's trunk is "
-                             f"{ensemble.cfg.backbone}")
+        mcfg = replace(mcfg, backbone=ensemble.cfg.backbone)  # the maps are the region model's: so is the backbone
         model = SharedMultiBox(cfg=mcfg, priors=torch.zeros(mcfg.num_priors, 4), trunk_id=ensemble.trunk_id)
         print(f"trunk: the region classifiers' ({cfg.region_model or 'embedded default'}, {ensemble.trunk_id})")
 

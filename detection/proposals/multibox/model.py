@@ -31,7 +31,7 @@ TRUNKS = ("own", "region")
 class MultiBoxConfig:
     """Architecture of a MultiBox model (saved with it)."""
 
-    backbone: str = "lite0"
+    backbone: str = "lite0"  # trunk="region": taken from the region classifiers, whatever is set here
     input_size: int = 320  # images are warped to input_size x input_size
     num_priors: int = 400
     reduce_channels: int = 128

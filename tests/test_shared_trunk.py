@@ -62,6 +62,18 @@ def test_feature_batches_group_one_map_size_and_count_as_ceil_per_size():
     assert last.shape == (2, 4, 7, 5) and mid.shape == (2, 2, 14, 10) and fine is None
 
 
+def test_feature_batches_split_photos_whose_stride8_maps_differ():
+    """Two photos can share their stride-32 and stride-16 map sizes and still differ at stride 8 (600x798 and 600x800
+    photos: 75x100 against 75x99): they go to separate batches, and maps() of both is refused by name."""
+    fs = FeatureSet(feats=[torch.zeros(4, 19, 25)] * 3, gts=[torch.zeros(0, 4)] * 3, sizes=[(1, 1)] * 3,
+                    ids=["a", "b", "c"], mids=[torch.zeros(2, 38, 50)] * 3,
+                    fines=[torch.zeros(1, 75, 100), torch.zeros(1, 75, 99), torch.zeros(1, 75, 100)])
+    assert fs.batches([0, 1, 2], 8) == [[0, 2], [1]]
+    assert fs.maps([0, 2])[2].shape == (2, 1, 75, 100)
+    with pytest.raises(ValueError, match="different sizes"):
+        fs.maps([0, 1])
+
+
 def test_training_on_maps_of_several_sizes_lowers_the_loss_and_resumes(tmp_path):
     g = torch.Generator().manual_seed(0)
     sizes = [(3, 4), (4, 3), (3, 4), (4, 3), (3, 4), (4, 4)]

@@ -64,7 +64,7 @@ class FeatureSet:
         float32."""
         sel = [int(i) for i in sel]
         if isinstance(self.feats, list):
-            shapes = {tuple(self.feats[i].shape) for i in sel}
+            shapes = {self._shape_key(i) for i in sel}
             if len(shapes) > 1:
                 raise ValueError(f"maps of different sizes in one batch: {sorted(shapes)} (use batches())")
 
@@ -74,16 +74,21 @@ class FeatureSet:
             return stack(self.feats), stack(self.mids), stack(self.fines)
         return self.feats[sel].float(), self.mids[sel].float() if self.mids is not None else None, None
 
+    def _shape_key(self, i: int) -> tuple:
+        """Image ``i``'s map sizes at every level it has: a photo's stride-8 map can differ in size from another's
+        whose coarser maps match (a 75x100 stride-8 map and a 75x99 one both round to 19x25 at stride 32)."""
+        return tuple(tuple(m[i].shape) for m in (self.feats, self.mids, self.fines) if m is not None)
+
     def batches(self, order, batch_size: int) -> list[list[int]]:
-        """The images ``order`` in batches of at most ``batch_size`` that share one map size, in order of each
-        batch's first image (all maps one size: plain consecutive slices)."""
+        """The images ``order`` in batches of at most ``batch_size`` that share their map sizes at every level, in order
+        of each batch's first image (all maps one size: plain consecutive slices)."""
         order = [int(i) for i in order]
         if not isinstance(self.feats, list):
             return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         open_: dict[tuple, list[int]] = {}
         out: list[list[int]] = []
         for i in order:
-            key = tuple(self.feats[i].shape) + (tuple(self.mids[i].shape) if self.mids is not None else ())
+            key = self._shape_key(i)
             b = open_.setdefault(key, [])
             if not b:
                 out.append(b)

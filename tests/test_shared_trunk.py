@@ -396,3 +396,35 @@ def test_train_multibox_tool_trains_resumes_and_saves_a_usable_head(tiny_voc, tm
     stage = ProposalStage(ProposalSettings.from_dict({"multibox": {"model": str(tmp_path / "mb" / "multibox.pt")}}),
                           cache_root=tmp_path / "pc")
     assert stage.mb.shared and stage.mb.model().cfg.num_priors == 8
+
+
+@pytest.mark.slow
+def test_a_fine_level_head_trains_on_real_photos_and_serves_the_detector(tiny_voc, tmp_path):
+    """The stride-8 level (fine_level, without its 3x3: fine_smooth=false) through tools/train_multibox.py on real
+    photos of four sizes, then inside load_detector(): the detector's one trunk pass gives the head its stride-8 map."""
+    import subprocess
+    import sys
+
+    import skimage.data
+
+    from conftest import PROJECT_ROOT
+    from detection import load_detector
+
+    r = subprocess.run([sys.executable, "tools/train_multibox.py", "dataset=voc", f"dataset.root={tiny_voc}",
+                        "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}", "model.num_priors=8",
+                        "model.fine_level=true", "model.fine_smooth=false", "train.batch_size=2", "train.epochs=1",
+                        "dev_every=0", f"out_dir={tmp_path / 'mb'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = load_multibox(tmp_path / "mb" / "multibox.pt")
+    assert m.cfg.fine_level and not m.cfg.fine_smooth
+    from detection.proposals.pipeline import ProposalSettings
+
+    mb = {"model": str(tmp_path / "mb" / "multibox.pt"), "top_k": 8}
+    det = load_detector(proposals=ProposalSettings.from_dict({"selective_search": {"k_scale": 2.0}, "multibox": mb}),
+                        cache_dir=tmp_path / "c2", threads=2)
+    assert det.shared_multibox is not None and det.shared_multibox.fine_level
+    out = det.detect(skimage.data.chelsea())
+    assert "multibox" in out.seconds and out.num_proposals > 0
+    _, source, _, _ = det._propose_shared(skimage.data.chelsea(), {})
+    assert 0 < int((source == 1).sum()) <= 8  # its boxes are among the proposals the classifiers score

@@ -63,7 +63,7 @@ def test_feature_batches_group_one_map_size_and_count_as_ceil_per_size():
 
 
 def test_feature_batches_split_photos_whose_stride8_maps_differ():
-    """Two photos can share their stride-32 and stride-16 map sizes and still differ at stride 8 (600x798 and 600x800
+    """Two photos can share their stride-32 and stride-16 map sizes and still differ at stride 8 (600x800 and 600x792
     photos: 75x100 against 75x99): they go to separate batches, and maps() of both is refused by name."""
     fs = FeatureSet(feats=[torch.zeros(4, 19, 25)] * 3, gts=[torch.zeros(0, 4)] * 3, sizes=[(1, 1)] * 3,
                     ids=["a", "b", "c"], mids=[torch.zeros(2, 38, 50)] * 3,
@@ -409,6 +409,7 @@ def test_a_fine_level_head_trains_on_real_photos_and_serves_the_detector(tiny_vo
 
     from conftest import PROJECT_ROOT
     from detection import load_detector
+    from detection.proposals.pipeline import ProposalSettings
 
     r = subprocess.run([sys.executable, "tools/train_multibox.py", "dataset=voc", f"dataset.root={tiny_voc}",
                         "dataset.name=tiny", f"cache_dir={tmp_path / 'cache'}", "model.num_priors=8",
@@ -418,8 +419,6 @@ def test_a_fine_level_head_trains_on_real_photos_and_serves_the_detector(tiny_vo
     assert r.returncode == 0, r.stderr[-3000:]
     m = load_multibox(tmp_path / "mb" / "multibox.pt")
     assert m.cfg.fine_level and not m.cfg.fine_smooth
-    from detection.proposals.pipeline import ProposalSettings
-
     mb = {"model": str(tmp_path / "mb" / "multibox.pt"), "top_k": 8}
     det = load_detector(proposals=ProposalSettings.from_dict({"selective_search": {"k_scale": 2.0}, "multibox": mb}),
                         cache_dir=tmp_path / "c2", threads=2)

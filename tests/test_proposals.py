@@ -159,5 +159,13 @@ def test_multibox_source_keys_its_cache_by_the_crop_settings_and_rejects_bad_one
     assert not whole.shared and MultiBoxSource().shared  # the embedded head reads the classifiers' trunk
     with pytest.raises(ValueError, match="fraction"):
         MultiBoxSource(own, crops=[[2, 1.5]])
-    with pytest.raises(ValueError, match="takes no crops"):
-        MultiBoxSource(crops=[[2, 0.6]])
+    # the embedded head (on the classifiers' trunk) takes crops as windows of their maps: its key holds the
+    # window settings too
+    shared = [MultiBoxSource(crops=[[2, 0.6]]), MultiBoxSource(crops=[[2, 0.6]], crop_weight=0.25),
+              MultiBoxSource(crops=[[2, 0.6]], crop_prior_area=0.1)]
+    assert len({settings_hash("multibox", s.settings) for s in shared}) == 3
+    assert MultiBoxSource().settings == {"model_sha1": file_sha1(MultiBoxSource().path)}
+    with pytest.raises(ValueError, match="crop_weight must be in"):
+        MultiBoxSource(crops=[[2, 0.6]], crop_weight=0.0)
+    with pytest.raises(ValueError, match="crop_prior_area must be in"):
+        MultiBoxSource(crop_prior_area=1.5)

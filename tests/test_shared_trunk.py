@@ -169,21 +169,29 @@ def shared_file(tmp_path_factory, ensemble):
     return path
 
 
-def test_source_on_its_own_pass_equals_the_detectors_shared_pass(shared_file, photo):
-    """The shared-feature MultiBox gives the same boxes from the detector's trunk pass as from its own."""
+@pytest.mark.parametrize("crops", [[], [[2, 0.6], [3, 0.45]]])
+def test_source_on_its_own_pass_equals_the_detectors_shared_pass(shared_file, photo, crops):
+    """The shared-feature MultiBox gives the same boxes from the detector's trunk pass as from its own, with and
+    without crop windows (the crop settings reach the detector's pass)."""
     from detection import load_detector
     from detection.proposals.pipeline import load_proposal_settings
 
     settings = load_proposal_settings("paper")
     settings.multibox.model = str(shared_file)
+    settings.multibox.crops = crops
+    settings.multibox.crop_prior_area = 1.0  # (every tiny prior runs in the windows)
     det = load_detector(proposals=settings, imagenet_prior=False, flip=False)
-    assert det.shared_multibox is not None
+    assert det.shared_multibox is not None and det.shared_multibox.crops == crops
     own_boxes, own_scores = det.proposals.mb(photo)
     seconds = {}
     boxes, source, view, mid = det._propose_shared(photo, seconds)
     want_boxes, want_source = det.proposals.merge(det.proposals.ss(photo)[0], own_boxes, own_scores)
     torch.testing.assert_close(boxes, want_boxes)
-    assert torch.equal(source, want_source) and int((source == 1).sum()) == 12
+    assert torch.equal(source, want_source)
+    if crops:  # the windows' slots add boxes (NMS 0.7 removes near-duplicates of the whole image's)
+        assert 12 < len(own_boxes) <= 12 * 14 and int((source == 1).sum()) > 12  # (cut boxes dropped)
+    else:
+        assert int((source == 1).sum()) == 12
     assert {"trunk", "multibox", "selective_search"} <= set(seconds)
     # the detection from the shared pass equals the detection from the same proposals given as boxes
     r_shared = det.detect(photo)
@@ -274,8 +282,67 @@ def test_a_head_of_another_trunk_is_refused(tmp_path, ensemble):
     settings.multibox.model = str(path)
     with pytest.raises(ValueError, match="retrain it on their maps"):
         load_detector(proposals=settings, imagenet_prior=False)
-    with pytest.raises(ValueError, match="takes no crops"):
-        MultiBoxSource(path, crops=[[2, 0.6]])
+    with pytest.raises(ValueError, match="retrain it on their maps"):
+        MultiBoxSource(path).check_trunk(ensemble)
+
+
+def test_head_on_a_window_is_the_head_on_its_priors_mapped_into_the_image():
+    """A window of the maps is the whole image for the head: the slot of prior p in window W pools what the whole
+    image's slot of prior W(p) pools, and predicts the same offset (in the window's frame) and logit.  (The
+    global descriptor, pooled inside the window, is held constant here by zeroing its weights.)"""
+    m = shared_head()
+    with torch.no_grad():
+        m.head.glob[0].weight.zero_()
+    last, mid = torch.randn(1, 320, 6, 8), torch.randn(1, 112, 12, 16)
+    windows = torch.tensor([[0.25, 0.0, 0.75, 0.5], [0.1, 0.3, 0.6, 0.9]])
+    ids = torch.tensor([0, 3, 5, 11])
+    P = m.priors[ids]
+    with torch.no_grad():
+        wb, wl = m.head(last, P, mid, windows=windows, prior_ids=ids)
+        assert wb.shape == (2, 4, 4) and wl.shape == (2, 4)
+        for k, w in enumerate(windows):
+            size, off = (w[2:] - w[:2]).repeat(2), w[:2].repeat(2)
+            mapped = P * size + off  # the priors in the image's coordinates
+            b, lg = m.head(last, mapped, mid, prior_ids=ids)
+            torch.testing.assert_close(wl[k], lg[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(wb[k] - P, b[0] - mapped, atol=1e-5, rtol=0)  # the same offset, in its frame
+        with pytest.raises(ValueError, match="maps of one image"):
+            m.head(last.repeat(2, 1, 1, 1), P, mid.repeat(2, 1, 1, 1), windows=windows, prior_ids=ids)
+
+
+def test_crop_windows_add_slots_of_small_priors_weighted_and_inside_their_windows():
+    m = shared_head()
+    last, mid = torch.randn(1, 320, 5, 7), torch.randn(1, 112, 10, 14)
+    W, H = 224, 160
+    whole_b, whole_s = m.propose_from_maps(last, mid, width=W, height=H)
+    area = (m.priors[:, 2] - m.priors[:, 0]) * (m.priors[:, 3] - m.priors[:, 1])
+    limit = float(area.median())
+    n_small = int((area < limit).sum())
+    assert 0 < n_small < 12
+    b, s = m.propose_from_maps(last, mid, width=W, height=H, crops=[[2, 0.6]], crop_prior_area=limit)
+    assert b.shape == (12 + 4 * n_small, 4) and (s[:-1] >= s[1:]).all()
+    b1, s1 = m.propose_from_maps(last, mid, width=W, height=H, crops=[[2, 0.6]], crop_prior_area=limit,
+                                 crop_weight=0.5)
+    # the whole image's boxes and confidences are unchanged; the windows' confidences are halved
+    whole = {tuple(x) for x in torch.cat([whole_b, whole_s[:, None]], 1).tolist()}
+    got = {tuple(x) for x in torch.cat([b1, s1[:, None]], 1).tolist()}
+    assert whole <= got
+    extra = sorted(v for *_, v in got - whole)
+    full = sorted(v for *_, v in {tuple(x) for x in torch.cat([b, s[:, None]], 1).tolist()} - whole)
+    torch.testing.assert_close(torch.tensor(extra), torch.tensor(full) * 0.5)
+    # each window's boxes lie inside it (clipped to it): the 2 x 2 windows are 134 x 96 px at the corners
+    from detection.proposals.multibox.model import crop_windows
+
+    wins = torch.tensor(crop_windows(W, H, levels=[[2, 0.6]])[1:], dtype=torch.float32)
+    wb = b[~torch.tensor([tuple(x) in {tuple(y) for y in whole_b.tolist()} for x in b.tolist()])]
+    inside = ((wb[:, None, :2] >= wins[None, :, :2] - 1e-3) & (wb[:, None, 2:] <= wins[None, :, 2:] + 1e-3)).all(-1)
+    assert inside.any(1).all()
+    # drop_cut removes the windows' boxes that reach an inner edge; no prior small enough: the whole image alone
+    bc, _ = m.propose_from_maps(last, mid, width=W, height=H, crops=[[2, 0.6]], crop_prior_area=limit,
+                                drop_cut=True)
+    assert 12 <= len(bc) <= len(b)
+    b0, s0 = m.propose_from_maps(last, mid, width=W, height=H, crops=[[2, 0.6]], crop_prior_area=1e-6)
+    assert torch.equal(b0, whole_b) and torch.equal(s0, whole_s)
 
 
 def test_imagenet_prior_continues_from_the_classifiers_pass(photo):
@@ -427,3 +494,24 @@ def test_a_fine_level_head_trains_on_real_photos_and_serves_the_detector(tiny_vo
     assert "multibox" in out.seconds and out.num_proposals > 0
     _, source, _, _ = det._propose_shared(skimage.data.chelsea(), {})
     assert 0 < int((source == 1).sum()) <= 8  # its boxes are among the proposals the classifiers score
+
+
+def test_window_settings_reach_the_shared_source_from_hydra():
+    """``proposals.multibox.crops=...`` with the embedded (shared) head: windows of the one pass, keyed apart in the
+    cache from the whole-photo boxes."""
+    from hydra import compose, initialize_config_dir
+
+    from detection import config as hs
+    from detection.proposals.pipeline import ProposalStage, load_proposal_settings
+
+    hs.register_schemas()
+    with initialize_config_dir(config_dir=hs.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval_proposals", overrides=["proposals.multibox.crops=[[3,0.45]]",
+                                                    "proposals.multibox.crop_weight=0.25", "data_root=/data"])
+    s = hs.proposal_settings(cfg.proposals)
+    assert s.multibox.crops == [[3, 0.45]] and s.multibox.crop_weight == 0.25
+    assert s.multibox.crop_prior_area == load_proposal_settings("paper").multibox.crop_prior_area
+    windowed = ProposalStage(s, cache_root="unused").mb
+    whole = ProposalStage(load_proposal_settings("paper"), cache_root="unused").mb
+    assert windowed.shared and (windowed.crops, windowed.crop_weight) == ([[3, 0.45]], 0.25)
+    assert windowed.settings != whole.settings and "crops" not in whole.settings

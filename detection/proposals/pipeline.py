@@ -30,13 +30,19 @@ class MultiBoxSettings:
     # a MultiBox head on the region classifiers' trunk (the embedded default) reads the maps of this region model
     # (None: the embedded classifiers); inside a detector, the detector's own classifiers
     region_model: str | None = None
-    # a MultiBox network with its own backbone (trunk "own") runs on the whole image + for each level
-    # [grid, fraction] grid x grid overlapping crops, each that fraction of the image ([]: the whole image only):
-    # crops let it see small objects larger.  A head on the region classifiers' trunk reads their one pass and
-    # takes no crops
+    # the whole image + for each level [grid, fraction] grid x grid overlapping crops, each that fraction of the
+    # image ([]: the whole image only): crops give small objects box slots of their own.  A MultiBox network with its
+    # own backbone (trunk "own") runs it on each crop warped to its input size (a trunk pass per crop); a head on
+    # the region classifiers' trunk runs on windows of their one pass's maps (no extra trunk pass)
     crops: list = field(default_factory=list)
     # drop a crop's boxes that reach one of its edges inside the image (objects cut by the crop)
     drop_cut: bool = True
+    # a head on the region classifiers' trunk runs in a crop only the priors under this share of the crop's area
+    # (the larger ones repeat the whole image's boxes of large objects), and multiplies the crop's confidences by
+    # crop_weight (the whole image's boxes rank first among equals); chosen on the dev carve of train
+    # (docs/proposals.md)
+    crop_prior_area: float = 0.05
+    crop_weight: float = 0.5
     # near-duplicate MultiBox boxes (from neighbouring priors or overlapping crops) are suppressed at this IoU before
     # the top_k are taken (1.0: none)
     nms_iou: float = 0.7
@@ -112,13 +118,23 @@ class MultiBoxSource:
     method = "multibox"
 
     def __init__(self, model_path: str | Path | None = None, *, crops: Sequence[Sequence[float]] = (),
-                 drop_cut: bool = False, device: str | torch.device = "cpu", region_model: str | Path | None = None):
+                 drop_cut: bool = False, crop_prior_area: float | None = None, crop_weight: float | None = None,
+                 device: str | torch.device = "cpu", region_model: str | Path | None = None):
         from detection.proposals.multibox import default_model_path
         from detection.proposals.multibox.model import crop_windows, multibox_trunk
 
         crop_windows(100, 100, levels=crops)  # invalid settings fail here, not in a worker
         self.crops = [[int(g), float(f)] for g, f in crops]
         self.drop_cut = bool(drop_cut)
+        d = MultiBoxSettings()
+        crop_prior_area = d.crop_prior_area if crop_prior_area is None else crop_prior_area
+        crop_weight = d.crop_weight if crop_weight is None else crop_weight
+        if not 0.0 < crop_prior_area <= 1.0:
+            raise ValueError(f"multibox crop_prior_area must be in (0, 1], got {crop_prior_area}")
+        if not 0.0 < crop_weight <= 1.0:
+            raise ValueError(f"multibox crop_weight must be in (0, 1], got {crop_weight}")
+        self.crop_prior_area = float(crop_prior_area)
+        self.crop_weight = float(crop_weight)
         self.device = str(device)  # where the network runs (not part of the cache key)
 
         self.path = Path(model_path) if model_path else default_model_path()
@@ -128,10 +144,6 @@ class MultiBoxSource:
             raise FileNotFoundError(f"{self.path}: MultiBox model not found (train one with tools/train_multibox.py, "
                                     f"or set proposals.multibox.top_k=0 for selective search alone)")
         self.trunk = multibox_trunk(self.path)  # "own" or "region"
-        if self.trunk == "region" and self.crops:
-            raise ValueError(f"{self.path}: this MultiBox head reads the region classifiers' one trunk pass and takes "
-                             f"no crops; set proposals.multibox.crops=[] (crops {self.crops} are for a MultiBox with "
-                             f"its own backbone)")
         self.region_model = Path(region_model) if region_model else None
         self._sha1 = file_sha1(self.path)
         self._model = None
@@ -171,13 +183,17 @@ class MultiBoxSource:
     def from_maps(self, last: Tensor, mid: Tensor, fine: Tensor | None = None, *, width: int, height: int
                   ) -> tuple[Tensor, Tensor]:
         """A shared head's boxes (pixels, best first) and confidences from one image's trunk maps."""
-        return self.model().propose_from_maps(last, mid, fine, width=width, height=height)
+        return self.model().propose_from_maps(last, mid, fine, width=width, height=height, crops=self.crops,
+                                              crop_prior_area=self.crop_prior_area, crop_weight=self.crop_weight,
+                                              drop_cut=self.drop_cut)
 
     @property
     def settings(self) -> dict:
         s = {"model_sha1": self._sha1}
         if self.crops:  # (the whole-image-only key is unchanged)
             s.update(crops=self.crops, drop_cut=self.drop_cut)
+            if self.shared:
+                s.update(crop_prior_area=self.crop_prior_area, crop_weight=self.crop_weight)
         return s
 
     def __getstate__(self):
@@ -207,7 +223,8 @@ class ProposalStage:
         self.cache_root = Path(cache_root)
         self.ss = SelectiveSearchSource(settings.selective_search)
         mb = settings.multibox
-        self.mb = (MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut, device=device,
+        self.mb = (MultiBoxSource(mb.model, crops=mb.crops, drop_cut=mb.drop_cut, crop_prior_area=mb.crop_prior_area,
+                                  crop_weight=mb.crop_weight, device=device,
                                   region_model=mb.region_model) if mb.top_k > 0 else None)
         self.last_seconds: dict = {}  # time per source of the last propose() call
 

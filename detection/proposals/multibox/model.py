@@ -21,7 +21,7 @@ from torchvision.ops import roi_align
 from detection.models.backbones import Backbone, build_backbone
 from detection.files import atomic_torch_save
 
-__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "save_multibox",
+__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "window_boxes", "save_multibox",
            "load_multibox", "multibox_trunk"]
 
 TRUNKS = ("own", "region")
@@ -100,49 +100,84 @@ class MultiBoxHead(nn.Module):
         nn.init.normal_(self.conf.weight, std=0.01)
         nn.init.constant_(self.conf.bias, -5.0)  # a few objects among hundreds of slots
 
-    def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None, fine: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None, fine: Tensor | None = None, *,
+                windows: Tensor | None = None, prior_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``fmap [B, C, h, w]`` last map, ``priors [K, 4]``, ``mid [B, C_mid, 2h, 2w]`` the stride-16 map (needed
         when the head was built with ``mid_channels``), ``fine [B, C_fine, 4h, 4w]`` the stride-8 map (needed with
-        ``fine_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``."""
-        B = fmap.shape[0]
-        K = priors.shape[0]
+        ``fine_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``.
+
+        ``windows [W, 4]`` (normalised xyxy, one image: ``B == 1``): run the head on each window of the maps as if
+        the window were the whole image -- its priors' context windows scaled into the window, its global descriptor
+        pooled inside it -- giving boxes ``[W, K, 4]`` normalised to each window.  A window multiplies the box slots
+        (one per prior) without another trunk pass.  ``prior_ids [K]``: which of the head's priors ``priors`` are
+        (their learned embeddings; default: all of them, in order).
+        """
+        r, r8 = self.maps(fmap, mid, fine)
+        return self.slots(fmap, r, r8, priors, windows=windows, prior_ids=prior_ids)
+
+    def maps(self, fmap: Tensor, mid: Tensor | None = None, fine: Tensor | None = None
+             ) -> tuple[Tensor, Tensor | None]:
+        """The reduced maps the slots pool from: the top-down sum at stride 16 (or 32), and at stride 8 for a
+        ``fine_channels`` head (else ``None``)."""
         r = self.reduce(fmap)
         if self.mid_channels:
             if mid is None:
                 raise ValueError("this MultiBox head reads the stride-16 map too: pass mid=")
             r = self.smooth(self.lateral(mid) + F.interpolate(r, size=mid.shape[-2:], mode="nearest"))
-        centre = (priors[:, :2] + priors[:, 2:]) / 2
-        half = (priors[:, 2:] - priors[:, :2]) / 2 * self.cfg.context
-        win = torch.cat([centre - half, centre + half], 1)  # normalised context windows [K, 4]
+        r8 = None
         if self.fine_channels:
             if fine is None:
                 raise ValueError("this MultiBox head reads the stride-8 map too: pass fine=")
             r8 = self.smooth8(self.lateral8(fine) + F.interpolate(r, size=fine.shape[-2:], mode="nearest"))
+        return r, r8
+
+    def slots(self, fmap: Tensor, r: Tensor, r8: Tensor | None, priors: Tensor, *, windows: Tensor | None = None,
+              prior_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The per-prior part of :meth:`forward` on maps from :meth:`maps` (same arguments)."""
+        K = priors.shape[0]
+        centre = (priors[:, :2] + priors[:, 2:]) / 2
+        half = (priors[:, 2:] - priors[:, :2]) / 2 * self.cfg.context
+        win = torch.cat([centre - half, centre + half], 1)  # normalised context windows [K, 4]
+        if windows is None:
+            B = fmap.shape[0]
+            image = torch.arange(B, device=fmap.device)
+            win = win[None].expand(B, K, 4)
+            gvec = fmap.mean((2, 3))
+        else:
+            if fmap.shape[0] != 1:
+                raise ValueError(f"windows= takes the maps of one image, got a batch of {fmap.shape[0]}")
+            B = windows.shape[0]
+            image = torch.zeros(B, dtype=torch.long, device=fmap.device)
+            size = (windows[:, 2:] - windows[:, :2]).repeat(1, 2)
+            win = win[None] * size[:, None] + windows[:, None, :2].repeat(1, 1, 2)  # [W, K, 4] in the image
+            h, w = fmap.shape[-2:]
+            cells = windows * windows.new_tensor([w, h, w, h])
+            gvec = roi_align(fmap, torch.cat([image[:, None].to(cells.dtype), cells], 1), output_size=4,
+                             sampling_ratio=2, aligned=True).mean((2, 3))
+        if r8 is not None:
             h, w = r.shape[-2:]
-            side = ((win[:, 2] - win[:, 0]) * w * (win[:, 3] - win[:, 1]) * h).clamp(min=0).sqrt()
-            small = side < self.cfg.fine_cells  # [K]: pooled from the stride-8 map
+            side = ((win[..., 2] - win[..., 0]) * w * (win[..., 3] - win[..., 1]) * h).clamp(min=0).sqrt()
+            small = side < self.cfg.fine_cells  # [B, K]: pooled from the stride-8 map
             pooled = r.new_zeros((B, K, r.shape[1] * self.cfg.roi_size ** 2))
             for level, sel in ((r, ~small), (r8, small)):
-                idx = sel.nonzero().flatten()
-                if idx.numel():
-                    pooled[:, idx] = self._pool(level, win[idx], B).view(B, idx.numel(), -1)
+                if sel.any():
+                    pooled[sel] = self._pool(level, win[sel], image[:, None].expand(B, K)[sel])
             pooled = pooled.flatten(0, 1)
         else:
-            pooled = self._pool(r, win, B)  # [B*K, reduce * roi^2]
-        g = self.glob(fmap.mean((2, 3))).repeat_interleave(K, 0)
-        e = self.prior_embed.weight.repeat(B, 1)
+            pooled = self._pool(r, win.reshape(-1, 4), image.repeat_interleave(K))  # [B*K, reduce * roi^2]
+        g = self.glob(gvec).repeat_interleave(K, 0)
+        emb = self.prior_embed.weight if prior_ids is None else self.prior_embed(prior_ids)
+        e = emb.repeat(B, 1)
         hdn = self.mlp(torch.cat([pooled, g, e], 1))
         boxes = priors.repeat(B, 1) + self.delta(hdn)
         return boxes.view(B, K, 4), self.conf(hdn).view(B, K)
 
-    def _pool(self, r: Tensor, win: Tensor, B: int) -> Tensor:
-        """RoIAlign of normalised windows ``[K, 4]`` on every image of map ``r [B, C, h, w]`` -> ``[B*K, C*s*s]``."""
-        K = win.shape[0]
+    def _pool(self, r: Tensor, win: Tensor, image: Tensor) -> Tensor:
+        """RoIAlign of normalised windows ``[N, 4]``, window ``i`` on image ``image[i]`` of map ``r [B, C, h, w]``
+        -> ``[N, C*s*s]``."""
         h, w = r.shape[-2:]
         cells = win * win.new_tensor([w, h, w, h])
-        rois = torch.cat([torch.arange(B, dtype=cells.dtype, device=cells.device).repeat_interleave(K)[:, None],
-                          cells.repeat(B, 1)], 1)
+        rois = torch.cat([image[:, None].to(cells.dtype), cells], 1)
         return roi_align(r, rois, output_size=self.cfg.roi_size, spatial_scale=1.0, sampling_ratio=2,
                          aligned=True).flatten(1)
 
@@ -199,20 +234,7 @@ class MultiBox(nn.Module):
         chunk = len(windows) if x.device.type == "cuda" else 1
         outs = [self(x[i:i + chunk]) for i in range(0, len(windows), chunk)]
         boxes, logits = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        raw = boxes.float().cpu()  # [windows, K, 4] normalised to each window
-        win = torch.tensor(windows, dtype=torch.float32)  # [windows, 4] xyxy pixels
-        size = (win[:, 2:] - win[:, :2]).repeat(1, 2)
-        b = _to_pixels(raw, size[:, None], win[:, None, :2].repeat(1, 1, 2))
-        scores = torch.sigmoid(logits.float().cpu())
-        keep = torch.ones(scores.shape, dtype=torch.bool)
-        if drop_cut:
-            margin = 0.02
-            inner_lo = win[:, None, :2] > 0  # [windows, 1, 2]: which of a window's edges lie inside the image
-            inner_hi = win[:, None, 2:] < torch.tensor([w, h])
-            lo = torch.minimum(raw[..., :2], raw[..., 2:])  # [windows, K, 2]: (x, y) of each box's top-left corner
-            hi = torch.maximum(raw[..., :2], raw[..., 2:])
-            keep = ~(((lo <= margin) & inner_lo).any(-1) | ((hi >= 1 - margin) & inner_hi).any(-1))
-        b, scores = b[keep], scores[keep]
+        b, scores = window_boxes(boxes, logits, windows, width=w, height=h, drop_cut=drop_cut)
         order = torch.sort(scores, descending=True, stable=True).indices
         if top_k is not None:
             order = order[:top_k]
@@ -250,12 +272,38 @@ class SharedMultiBox(nn.Module):
         return self.head(last, self.priors, mid, fine)
 
     @torch.inference_mode()
-    def propose_from_maps(self, last: Tensor, mid: Tensor, fine: Tensor | None = None, *, width: int, height: int
-                          ) -> tuple[Tensor, Tensor]:
-        """All K boxes of one image in its pixels (``Tensor[K, 4]`` xyxy, clipped, best first, on the CPU) and their
-        confidences, from that image's trunk maps (batch of one)."""
-        boxes, logits = self(last, mid, fine)
-        return to_pixel_boxes(boxes[0], logits[0], width=width, height=height, top_k=None)
+    def propose_from_maps(self, last: Tensor, mid: Tensor, fine: Tensor | None = None, *, width: int, height: int,
+                          crops: Sequence[Sequence[float]] = (), crop_prior_area: float = 1.0,
+                          crop_weight: float = 1.0, drop_cut: bool = False) -> tuple[Tensor, Tensor]:
+        """Boxes of one image in its pixels (``Tensor[N, 4]`` xyxy, clipped, best first, on the CPU) and their
+        confidences, from that image's trunk maps (batch of one): all K of the whole image's.
+
+        ``crops``: levels ``(grid, fraction)`` of windows (see :func:`crop_windows`) cut from the same maps; the head
+        runs on each window as if it were the whole image (:meth:`MultiBoxHead.forward` ``windows=``), so each
+        window adds box slots for the objects it holds -- what crops bought a MultiBox with its own trunk, without
+        another trunk pass.  In a window only the priors under ``crop_prior_area`` of its area run (the larger ones
+        would repeat the whole image's boxes of large objects), its confidences are multiplied by ``crop_weight``
+        (the whole image's boxes rank first among equals), and with ``drop_cut`` its boxes cut by one of its inner
+        edges are dropped.
+        """
+        head = self.head
+        r, r8 = head.maps(last, mid, fine)
+        boxes, logits = head.slots(last, r, r8, self.priors)
+        b, s = to_pixel_boxes(boxes[0], logits[0], width=width, height=height, top_k=None)
+        if not crops:
+            return b, s
+        windows = crop_windows(width, height, levels=crops)[1:]
+        area = (self.priors[:, 2] - self.priors[:, 0]) * (self.priors[:, 3] - self.priors[:, 1])
+        ids = (area < crop_prior_area).nonzero().flatten()
+        if not ids.numel():
+            return b, s
+        norm = torch.tensor(windows, dtype=last.dtype, device=last.device) / last.new_tensor(
+            [width, height, width, height])
+        wb, wl = head.slots(last, r, r8, self.priors[ids], windows=norm, prior_ids=ids)
+        cb, cs = window_boxes(wb, wl, windows, width=width, height=height, drop_cut=drop_cut)
+        b, s = torch.cat([b, cb]), torch.cat([s, cs * crop_weight])
+        order = torch.sort(s, descending=True, stable=True).indices
+        return b[order], s[order]
 
 
 def crop_windows(width: int, height: int, *, levels: Sequence[Sequence[float]] = ()
@@ -280,6 +328,29 @@ def crop_windows(width: int, height: int, *, levels: Sequence[Sequence[float]] =
                 y0 = round((height - ch) * i / (grid - 1))
                 out.append((x0, y0, x0 + cw, y0 + ch))
     return out
+
+
+def window_boxes(boxes: Tensor, logits: Tensor, windows: Sequence[Sequence[int]], *, width: int, height: int,
+                 drop_cut: bool = False) -> tuple[Tensor, Tensor]:
+    """Boxes ``[W, K, 4]`` normalised to each of ``W`` pixel windows (xyxy) + logits ``[W, K]`` -> pixel boxes of the
+    image ``[N, 4]`` (each clipped to its window) and confidences ``[N]``, window by window, unsorted.
+
+    With ``drop_cut`` a window's boxes that reach one of its edges inside the image (within 2 % of the window's
+    side) are dropped: objects cut by the window, which a larger window sees whole."""
+    raw = boxes.float().cpu()
+    win = torch.tensor(windows, dtype=torch.float32).reshape(-1, 4)
+    size = (win[:, 2:] - win[:, :2]).repeat(1, 2)
+    b = _to_pixels(raw, size[:, None], win[:, None, :2].repeat(1, 1, 2))
+    scores = torch.sigmoid(logits.float().cpu())
+    keep = torch.ones(scores.shape, dtype=torch.bool)
+    if drop_cut:
+        margin = 0.02
+        inner_lo = win[:, None, :2] > 0  # [W, 1, 2]: which of a window's edges lie inside the image
+        inner_hi = win[:, None, 2:] < torch.tensor([width, height])
+        lo = torch.minimum(raw[..., :2], raw[..., 2:])  # [W, K, 2]: (x, y) of each box's top-left corner
+        hi = torch.maximum(raw[..., :2], raw[..., 2:])
+        keep = ~(((lo <= margin) & inner_lo).any(-1) | ((hi >= 1 - margin) & inner_hi).any(-1))
+    return b[keep], scores[keep]
 
 
 def to_pixel_boxes(boxes: Tensor, logits: Tensor, *, width: int, height: int, top_k: int | None

@@ -21,8 +21,8 @@ from torchvision.ops import roi_align
 from detection.models.backbones import Backbone, build_backbone
 from detection.files import atomic_torch_save
 
-__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "window_boxes", "save_multibox",
-           "load_multibox", "multibox_trunk"]
+__all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "window_boxes",
+           "save_multibox", "load_multibox", "multibox_trunk"]
 
 TRUNKS = ("own", "region")
 

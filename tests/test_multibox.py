@@ -239,3 +239,99 @@ def test_embedded_multibox_finds_the_cat():
     boxes, scores = MultiBoxSource()(skimage.data.chelsea())
     assert boxes.shape == (800, 4) and (scores[:-1] >= scores[1:]).all()
     assert float(box_iou(boxes[:5], torch.tensor([[60.0, 20, 420, 300]])).max()) > 0.7  # the cat
+
+
+def test_window_targets_keep_the_small_objects_whole_inside_the_drawn_window():
+    from detection.proposals.multibox.train import window_targets
+
+    gts = [torch.tensor([[0.05, 0.05, 0.15, 0.15],  # small, inside the top-left window only
+                         [0.45, 0.05, 0.55, 0.15],  # small, inside both top windows
+                         [0.55, 0.30, 0.65, 0.40],  # cut by the top-left window's right edge (0.6)
+                         [0.00, 0.00, 0.50, 0.50]])]  # inside the top-left window, but too large for its slots
+    seen = set()
+    for seed in range(40):
+        wins, targets = window_targets(gts, grid=2, fraction=0.6, max_area=0.1,
+                                       generator=torch.Generator().manual_seed(seed))
+        w, t = wins[0], targets[0]
+        x0, y0 = round(float(w[0]), 6), round(float(w[1]), 6)
+        assert x0 in (0.0, 0.4) and y0 in (0.0, 0.4) and torch.allclose(w[2:] - w[:2], torch.tensor([0.6, 0.6]))
+        seen.add((x0, y0))
+        expect = {(0.0, 0.0): [[0.05, 0.05, 0.15, 0.15], [0.45, 0.05, 0.55, 0.15]],
+                  (0.4, 0.0): [[0.45, 0.05, 0.55, 0.15], [0.55, 0.30, 0.65, 0.40]],
+                  (0.0, 0.4): [], (0.4, 0.4): []}[(x0, y0)]
+        expect = (torch.tensor(expect).reshape(-1, 4) - w[:2].repeat(2)) / 0.6  # in the window's frame
+        torch.testing.assert_close(t, expect)
+    assert len(seen) == 4  # every window of the grid is drawn
+
+
+def _toy_window_features(n=64):
+    """Stride-16 maps whose bright 2 x 2 cells mark where the one object is (1/8 x 1/6 of the photo)."""
+    g = torch.Generator().manual_seed(0)
+    feats, mids, gts = [], [], []
+    for _ in range(n):
+        cy, cx = int(torch.randint(0, 11, (1,), generator=g)), int(torch.randint(0, 15, (1,), generator=g))
+        mid = torch.zeros(112, 12, 16)
+        mid[:, cy:cy + 2, cx:cx + 2] = 3.0
+        feats.append(torch.zeros(320, 6, 8).half())
+        mids.append(mid.half())
+        gts.append(torch.tensor([[cx / 16, cy / 12, (cx + 2) / 16, (cy + 2) / 12]]))
+    return FeatureSet(feats=feats, gts=gts, sizes=[(256, 192)] * n, ids=[str(i) for i in range(n)], mids=mids)
+
+
+def test_window_training_teaches_the_windows_and_resumes_exactly(tmp_path):
+    """Windows of the maps (``train.window_grid``): a head trained on them finds the object of a window as that
+    window's most confident box, which the same head trained on whole photos alone does not; a killed run resumes
+    to the same head (the windows are drawn from the epoch's generator too); a head with its own trunk refuses it."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_shared_trunk import TINY
+    from torchvision.ops import box_iou
+
+    from detection.proposals.multibox.model import SharedMultiBox
+    from detection.proposals.multibox.train import window_targets
+
+    fs = _toy_window_features()
+    n = len(fs.ids)
+    windows, targets = window_targets(fs.gts * 8, grid=3, fraction=0.45, max_area=2.0,
+                                      generator=torch.Generator().manual_seed(1))  # 8 windows of each photo
+    priors = kmeans_priors(torch.cat([t for t in targets if len(t)] + fs.gts), k=12, seed=0)
+
+    def top1_hits(m):  # the share of windows holding the object whose most confident box finds it
+        x, mid, _ = fs.maps(range(n))
+        with torch.no_grad():
+            b, lg = m.head(x, m.priors, mid, windows=windows, window_image=torch.arange(n).repeat(8))
+        hits = [bool(box_iou(t, b[k, lg[k].argmax()][None]).max() >= 0.5) for k, t in enumerate(targets) if len(t)]
+        return sum(hits) / len(hits)
+
+    def trained(grid, out, epochs=24, log=lambda m: None):
+        torch.manual_seed(0)
+        m = SharedMultiBox(cfg=MultiBoxConfig(**{**TINY, "hidden": 32, "reduce_channels": 16}), priors=priors)
+        s = TrainSettings(epochs=epochs, batch_size=16, lr=3e-3, window_grid=grid, window_prior_area=1.0)
+        rec = train_multibox(m, fs, settings=s, out_dir=tmp_path / out, progress=False, log=log)
+        return m, rec
+
+    with_windows, rec = trained(3, "w")
+    whole_only, _ = trained(0, "whole")
+    assert "window" in rec["epochs"][-1]
+    assert top1_hits(with_windows) >= 0.4 and top1_hits(whole_only) <= 0.1
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(msg):
+        if msg.startswith("epoch 2"):
+            raise Stop
+
+    full, _ = trained(3, "full4", epochs=4)
+    with pytest.raises(Stop):
+        trained(3, "part4", epochs=4, log=stop_after_2)
+    torch.manual_seed(123)
+    resumed, _ = trained(3, "part4", epochs=4)
+    for a, b in zip(full.head.state_dict().values(), resumed.head.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    s = TrainSettings(window_grid=3)
+    with pytest.raises(ValueError, match="needs model.trunk=region"):
+        train_multibox(_Model(priors), fs, settings=s, out_dir=tmp_path / "own", progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="window_grid must be"):
+        TrainSettings(window_grid=1)

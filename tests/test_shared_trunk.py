@@ -306,8 +306,27 @@ def test_head_on_a_window_is_the_head_on_its_priors_mapped_into_the_image():
             b, lg = m.head(last, mapped, mid, prior_ids=ids)
             torch.testing.assert_close(wl[k], lg[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(wb[k] - P, b[0] - mapped, atol=1e-5, rtol=0)  # the same offset, in its frame
-        with pytest.raises(ValueError, match="maps of one image"):
+        with pytest.raises(ValueError, match="pass window_image"):
             m.head(last.repeat(2, 1, 1, 1), P, mid.repeat(2, 1, 1, 1), windows=windows, prior_ids=ids)
+
+
+def test_windows_of_a_batch_equal_each_image_alone():
+    """Training cuts one window from each image of a batch (``window_image=``): the same slots as the window on its
+    image alone, the global descriptor included."""
+    m = shared_head()
+    last, mid = torch.randn(2, 320, 6, 8), torch.randn(2, 112, 12, 16)
+    windows = torch.tensor([[0.25, 0.0, 0.75, 0.5], [0.1, 0.3, 0.6, 0.9], [0.0, 0.0, 0.5, 0.5]])
+    image = torch.tensor([1, 0, 1])
+    ids = torch.tensor([1, 2, 7])
+    with torch.no_grad():
+        wb, wl = m.head(last, m.priors[ids], mid, windows=windows, prior_ids=ids, window_image=image)
+        for k, (w, i) in enumerate(zip(windows, image.tolist())):
+            b, lg = m.head(last[i:i + 1], m.priors[ids], mid[i:i + 1], windows=w[None], prior_ids=ids)
+            torch.testing.assert_close(wb[k], b[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(wl[k], lg[0], atol=1e-5, rtol=0)
+        assert not torch.allclose(wl[0], wl[2])  # another window of the same image: other slots
+        with pytest.raises(ValueError, match="window_image must be"):
+            m.head(last, m.priors[ids], mid, windows=windows, prior_ids=ids, window_image=image[:2])
 
 
 def test_crop_windows_add_slots_of_small_priors_weighted_and_inside_their_windows():

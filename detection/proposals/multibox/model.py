@@ -101,7 +101,8 @@ class MultiBoxHead(nn.Module):
         nn.init.constant_(self.conf.bias, -5.0)  # a few objects among hundreds of slots
 
     def forward(self, fmap: Tensor, priors: Tensor, mid: Tensor | None = None, fine: Tensor | None = None, *,
-                windows: Tensor | None = None, prior_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                windows: Tensor | None = None, prior_ids: Tensor | None = None,
+                window_image: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``fmap [B, C, h, w]`` last map, ``priors [K, 4]``, ``mid [B, C_mid, 2h, 2w]`` the stride-16 map (needed
         when the head was built with ``mid_channels``), ``fine [B, C_fine, 4h, 4w]`` the stride-8 map (needed with
         ``fine_channels``) -> boxes ``[B, K, 4]`` normalised xyxy, logits ``[B, K]``.
@@ -109,11 +110,12 @@ class MultiBoxHead(nn.Module):
         ``windows [W, 4]`` (normalised xyxy, one image: ``B == 1``): run the head on each window of the maps as if
         the window were the whole image -- its priors' context windows scaled into the window, its global descriptor
         pooled inside it -- giving boxes ``[W, K, 4]`` normalised to each window.  A window multiplies the box slots
-        (one per prior) without another trunk pass.  ``prior_ids [K]``: which of the head's priors ``priors`` are
-        (their learned embeddings; default: all of them, in order).
+        (one per prior) without another trunk pass.  ``window_image [W]``: the image of the batch each window is
+        cut from (windows of several images at once, as in training; default: one image).  ``prior_ids [K]``: which
+        of the head's priors ``priors`` are (their learned embeddings; default: all of them, in order).
         """
         r, r8 = self.maps(fmap, mid, fine)
-        return self.slots(fmap, r, r8, priors, windows=windows, prior_ids=prior_ids)
+        return self.slots(fmap, r, r8, priors, windows=windows, prior_ids=prior_ids, window_image=window_image)
 
     def maps(self, fmap: Tensor, mid: Tensor | None = None, fine: Tensor | None = None
              ) -> tuple[Tensor, Tensor | None]:
@@ -132,7 +134,7 @@ class MultiBoxHead(nn.Module):
         return r, r8
 
     def slots(self, fmap: Tensor, r: Tensor, r8: Tensor | None, priors: Tensor, *, windows: Tensor | None = None,
-              prior_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              prior_ids: Tensor | None = None, window_image: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The per-prior part of :meth:`forward` on maps from :meth:`maps` (same arguments)."""
         K = priors.shape[0]
         centre = (priors[:, :2] + priors[:, 2:]) / 2
@@ -144,10 +146,15 @@ class MultiBoxHead(nn.Module):
             win = win[None].expand(B, K, 4)
             gvec = fmap.mean((2, 3))
         else:
-            if fmap.shape[0] != 1:
-                raise ValueError(f"windows= takes the maps of one image, got a batch of {fmap.shape[0]}")
             B = windows.shape[0]
-            image = torch.zeros(B, dtype=torch.long, device=fmap.device)
+            if window_image is None:
+                if fmap.shape[0] != 1:
+                    raise ValueError(f"windows= of a batch of {fmap.shape[0]} images: pass window_image= too")
+                image = torch.zeros(B, dtype=torch.long, device=fmap.device)
+            else:
+                if window_image.shape != (B,):
+                    raise ValueError(f"window_image must be [{B}], got {tuple(window_image.shape)}")
+                image = window_image.to(device=fmap.device, dtype=torch.long)
             size = (windows[:, 2:] - windows[:, :2]).repeat(1, 2)
             win = win[None] * size[:, None] + windows[:, None, :2].repeat(1, 1, 2)  # [W, K, 4] in the image
             h, w = fmap.shape[-2:]

@@ -20,12 +20,12 @@ from detection.data.records import DetectionDataset
 from detection.proposals.cache import settings_hash
 from detection.proposals.coverage import coverage
 from detection.proposals.multibox.loss import multibox_loss
-from detection.proposals.multibox.model import MultiBox, save_multibox, to_pixel_boxes
+from detection.proposals.multibox.model import MultiBox, SharedMultiBox, save_multibox, to_pixel_boxes
 from detection.proposals.multibox.priors import kmeans_priors
 from detection.files import atomic_torch_save, atomic_write_text
 
 __all__ = ["TrainSettings", "FeatureSet", "compute_features", "compute_region_features", "split_features",
-           "train_multibox", "evaluate_recall"]
+           "train_multibox", "evaluate_recall", "window_targets"]
 
 CHUNK = 128
 
@@ -40,6 +40,26 @@ class TrainSettings:
     seed: int = 0
     flip: bool = True
     top_k_eval: int = 200
+    # > 0 (a head on the region classifiers' trunk): each training photo also gives one window of a window_grid x
+    # window_grid grid, each window_fraction of the photo (what proposals.multibox.crops=[[grid, fraction]] runs at
+    # test time); there the head runs its priors under window_prior_area of the window's area and learns the
+    # objects whole inside it (under twice that area) as if the window were the photo; 0: the whole photo only
+    window_grid: int = 0
+    window_fraction: float = 0.45
+    window_prior_area: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.window_grid and (int(self.window_grid) != self.window_grid or self.window_grid < 2):
+            raise ValueError(f"train.window_grid must be 0 (off) or an integer >= 2, got {self.window_grid}")
+        if not 0.0 < self.window_fraction < 1.0:
+            raise ValueError(f"train.window_fraction must be in (0, 1), got {self.window_fraction}")
+        if not 0.0 < self.window_prior_area <= 1.0:
+            raise ValueError(f"train.window_prior_area must be in (0, 1], got {self.window_prior_area}")
+
+    @property
+    def crops(self) -> list:
+        """The test-time crop levels the windows train for (``proposals.multibox.crops``)."""
+        return [[self.window_grid, self.window_fraction]] if self.window_grid else []
 
 
 @dataclass
@@ -236,6 +256,28 @@ def split_features(features: FeatureSet, ids: set[str]) -> tuple[FeatureSet, Fea
     return pick(False), pick(True)
 
 
+def window_targets(gts: list[Tensor], *, grid: int, fraction: float, max_area: float, generator: torch.Generator,
+                   margin: float = 0.02) -> tuple[Tensor, list[Tensor]]:
+    """One window per image, drawn from the ``grid x grid`` windows of ``fraction`` of the photo
+    (:func:`~detection.proposals.multibox.model.crop_windows`' layout), and its targets: the ground-truth boxes
+    ``gts[b]`` (normalised xyxy) whole inside it (within ``margin`` of its side, clipped to it) and under
+    ``max_area`` of its area, normalised to the window.  Objects the window cuts, or larger ones, are the whole
+    photo's to find: the window's slots learn them as background (at test time its boxes that reach an inner edge
+    are dropped).  Returns (windows ``[B, 4]`` normalised xyxy, targets)."""
+    cells = torch.randint(grid * grid, (len(gts),), generator=generator).tolist()
+    windows, targets = [], []
+    for g, c in zip(gts, cells):
+        i, j = divmod(c, grid)
+        x0, y0 = (1 - fraction) * j / (grid - 1), (1 - fraction) * i / (grid - 1)
+        win = torch.tensor([x0, y0, x0 + fraction, y0 + fraction])
+        windows.append(win)
+        t = (g.float() - win[:2].repeat(2)) / fraction  # in the window's frame
+        inside = (t[:, :2] >= -margin).all(1) & (t[:, 2:] <= 1 + margin).all(1)
+        t = t[inside].clamp(0, 1)
+        targets.append(t[(t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]) < max_area])
+    return torch.stack(windows) if windows else torch.zeros(0, 4), targets
+
+
 def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
     """k-means priors from the normalised training boxes and their mirror images (MultiBox's outputs are mirrored
     in training, so the priors should be left-right symmetric too)."""
@@ -245,11 +287,27 @@ def train_priors(features: FeatureSet, *, k: int, seed: int) -> Tensor:
 
 
 @torch.inference_mode()
-def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_size: int = 64) -> dict:
-    """Recall of ground truth at IoU 0.5 / 0.7 by the top-k boxes of each image."""
+def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_size: int = 64,
+                    crops: list | None = None, crop_prior_area: float = 1.0, crop_weight: float = 1.0,
+                    nms_iou: float = 0.7) -> dict:
+    """Recall of ground truth at IoU 0.5 / 0.7 by the top-k boxes of each image.
+
+    ``crops`` (a head on the region classifiers' trunk): the whole image and these windows of its maps, as
+    :meth:`~detection.proposals.multibox.model.SharedMultiBox.propose_from_maps` gives them (boxes cut by a window
+    dropped), near-duplicates suppressed at ``nms_iou`` before the top k -- what the proposal stage takes."""
     model.eval()
     props, gts = [], []
-    for sel in features.batches(range(len(features.ids)), batch_size):
+    if crops:
+        from torchvision.ops import nms
+
+        for i in range(len(features.ids)):
+            last, mid, fine = features.maps([i])
+            w, h = features.sizes[i]
+            b, s = model.propose_from_maps(last, mid, fine, width=w, height=h, crops=crops,
+                                           crop_prior_area=crop_prior_area, crop_weight=crop_weight, drop_cut=True)
+            props.append(b[nms(b, s, nms_iou)[:top_k]])
+            gts.append(features.gts[i] * torch.tensor([w, h, w, h]))
+    for sel in features.batches(range(len(features.ids)), batch_size) if not crops else []:
         last, mid, fine = features.maps(sel)
         boxes, logits = model.head(last, model.priors, mid, fine)
         for j, i in enumerate(sel):
@@ -271,6 +329,13 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "last.ckpt"
     head = model.head
+    if settings.window_grid and not isinstance(model, SharedMultiBox):
+        raise ValueError("train.window_grid trains windows of the region classifiers' trunk maps: it needs "
+                         "model.trunk=region (a MultiBox with its own trunk runs crops through the trunk instead)")
+    area = (model.priors[:, 2] - model.priors[:, 0]) * (model.priors[:, 3] - model.priors[:, 1])
+    window_ids = (area < settings.window_prior_area).nonzero().flatten()
+    if settings.window_grid and not window_ids.numel():
+        raise ValueError(f"train.window_prior_area={settings.window_prior_area}: no prior is that small")
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(train.batches(range(len(train.ids)), settings.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
@@ -280,6 +345,8 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
         old = ck["record"]
+        # (settings added since the checkpoint was written count at their defaults)
+        old = {**old, "settings": {**asdict(TrainSettings()), **old.get("settings", {})}}
         differ = [f"{k} {old.get(k)} vs {record[k]}" for k in ("settings", "config", "train_images")
                   if old.get(k) != record[k]]
         if differ:  # a checkpoint of another run: resuming it would mix two recipes (or break the schedule)
@@ -313,8 +380,17 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
                 if fine is not None:
                     fine = torch.where(mirror[:, None, None, None], fine.flip(-1), fine)
                 gts = [_flip_boxes(g) if m else g for g, m in zip(gts, mirror.tolist())]
-            boxes, logits = head(x, model.priors, mid, fine)
+            r, r8 = head.maps(x, mid, fine)
+            boxes, logits = head.slots(x, r, r8, model.priors)
             loss, parts = multibox_loss(boxes, logits, gts, alpha=settings.alpha)
+            if settings.window_grid:  # the same maps, one window of each photo, its small priors
+                windows, wgts = window_targets(gts, grid=settings.window_grid, fraction=settings.window_fraction,
+                                               max_area=2 * settings.window_prior_area, generator=gen)
+                wb, wl = head.slots(x, r, r8, model.priors[window_ids], windows=windows, prior_ids=window_ids,
+                                    window_image=torch.arange(len(sel)))
+                wloss, wparts = multibox_loss(wb, wl, wgts, alpha=settings.alpha)
+                loss = loss + wloss
+                tot["window"] = tot.get("window", 0.0) + float(wloss.detach()) * len(sel)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -326,9 +402,14 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
         ep["epoch"] = epoch + 1
         if val is not None:
             ep["val"] = evaluate_recall(model, val, top_k=settings.top_k_eval)
+            if settings.window_grid:  # with the windows it trained, as the proposal stage runs them
+                ep["val_windows"] = evaluate_recall(model, val, top_k=settings.top_k_eval, crops=settings.crops,
+                                                    crop_prior_area=settings.window_prior_area)
         record["epochs"].append(ep)
         log(f"epoch {epoch + 1}: loss {ep['loss']:.3f} (loc {ep['loc']:.4f}, conf {ep['conf']:.3f})"
-            + (f", val recall@0.5 top-{settings.top_k_eval} {ep['val']['recall@0.5']:.3f}" if val is not None else ""))
+            + (f", window {ep['window']:.3f}" if "window" in ep else "")
+            + (f", val recall@0.5 top-{settings.top_k_eval} {ep['val']['recall@0.5']:.3f}" if val is not None else "")
+            + (f" (with windows {ep['val_windows']['recall@0.5']:.3f})" if "val_windows" in ep else ""))
         atomic_torch_save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                            "record": record, "epoch": epoch, "rng": torch.get_rng_state()}, ckpt_path)
     record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t0

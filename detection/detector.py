@@ -280,12 +280,22 @@ class Detector:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="selective-search")
             future = self._pool.submit(run_ss)
         t = time.perf_counter()
-        with torch.inference_mode():
-            x, scale = clf.prepare_image(image_rgb)
-            last, mid, *fine = clf.trunk_maps(x[None], fine=self.shared_multibox.fine_level)
-            t_trunk = time.perf_counter()
-            h, w = image_rgb.shape[:2]
-            mb_boxes, mb_scores = self.shared_multibox.from_maps(last, mid, *fine, width=w, height=h)
+        n = torch.get_num_threads()
+        # selective search holds a core meanwhile: the trunk takes the others, so that its threads do not spin at
+        # every barrier waiting for one that shares selective search's core
+        trunk_threads = overlap_threads(n) if future is not None and self.settings.threads is not None else n
+        try:
+            if trunk_threads != n:
+                torch.set_num_threads(trunk_threads)
+            with torch.inference_mode():
+                x, scale = clf.prepare_image(image_rgb)
+                last, mid, *fine = clf.trunk_maps(x[None], fine=self.shared_multibox.fine_level)
+                t_trunk = time.perf_counter()
+                h, w = image_rgb.shape[:2]
+                mb_boxes, mb_scores = self.shared_multibox.from_maps(last, mid, *fine, width=w, height=h)
+        finally:
+            if trunk_threads != n:
+                torch.set_num_threads(n)
         t_mb = time.perf_counter()
         ss_boxes, t_ss = future.result() if future is not None else run_ss()
         seconds.update(trunk=t_trunk - t, multibox=t_mb - t_trunk, selective_search=t_ss)
@@ -416,6 +426,12 @@ def process_threads() -> int:
     if _threads["process"] is None or now != _threads["set"]:
         _threads["process"] = now
     return _threads["process"]
+
+
+def overlap_threads(threads: int) -> int:
+    """torch's threads for the trunk while selective search runs in its thread, of ``threads`` in all: one fewer
+    (at least one)."""
+    return max(1, threads - 1)
 
 
 def set_threads(threads: int) -> None:

@@ -225,6 +225,15 @@ def test_overlap_and_thread_settings_reach_both_stages(shared_file, photo):
         det.settings.threads = 1  # a fixed count is set again before each image
         det.detect(photo)
         assert det.last_threads == 1 and torch.get_num_threads() == 1
+        # while selective search runs in its thread, the trunk leaves it a core; the classifiers get all again
+        seen, trunk_maps = [], det.classifier.trunk_maps
+        det.classifier.trunk_maps = lambda *a, **k: (seen.append(torch.get_num_threads()), trunk_maps(*a, **k))[1]
+        det.settings.threads = 2
+        two = det.detect(photo)
+        det.settings.overlap_proposals = False
+        det.detect(photo)
+        assert seen == [1, 2] and det.last_threads == 2 and torch.get_num_threads() == 2
+        torch.testing.assert_close(two.scores, serial.scores)
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads must be >= 0"):

@@ -134,6 +134,7 @@ def _bench_api(args, loaded, busy) -> dict:
     import skimage.data
     import torch
 
+    import detection.detector as detector_module
     from detection.detector import set_threads
 
     dets, _ = loaded
@@ -142,6 +143,7 @@ def _bench_api(args, loaded, busy) -> dict:
     variants = [(f, p, o, t, pr) for f in args.flip for p in args.imagenet_prior for o in args.overlap
                 for t in args.threads for pr in args.proposals]
     any_det = next(iter(dets.values()))
+    yield_core = detector_module.overlap_threads
     for name in args.photos:
         img = getattr(skimage.data, name)()
         times = {v: [] for v in variants}
@@ -157,7 +159,9 @@ def _bench_api(args, loaded, busy) -> dict:
             for v in variants:
                 f, p, o, t, pr = v
                 det = dets[(p, pr)]
-                det.settings.flip, det.settings.overlap_proposals = f == "on", o == "on"
+                det.settings.flip, det.settings.overlap_proposals = f == "on", o != "off"
+                # "all": the trunk keeps every thread while selective search runs beside it (not the detector's way)
+                detector_module.overlap_threads = (lambda n: n) if o == "all" else yield_core
                 det.settings.threads = t  # set by detect() before the image
                 t0 = time.perf_counter()
                 r = det.detect(img)
@@ -181,6 +185,7 @@ def _bench_api(args, loaded, busy) -> dict:
                 "stage_median_s": {k: float(np.median([s.get(k, 0.0) for s in st])) for k in keys},
                 "top": [{"name": d["name"], "score": round(d["score"], 3)} for d in last[v].to_list()[:3]]}
     torch.set_num_threads(args.threads[0] or cores)
+    detector_module.overlap_threads = yield_core
     return out
 
 
@@ -192,8 +197,9 @@ def main() -> None:
     p.add_argument("--sweep-split", default="val_small")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="api: torch threads (several: each in turn; 0: adapt to the machine per image)")
-    p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
-                   help="api: selective search in a thread while the trunk runs (on, the default), or not, or both")
+    p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off", "all"],
+                   help="api: selective search in a thread while the trunk runs on the other cores (on, the "
+                        "default), not (off), or beside a trunk on all the threads (all); several: each in turn")
     p.add_argument("--flip", nargs="+", default=["on"], choices=["on", "off"],
                    help="api: with the test-time mirror view (on, the default), without it (off), or both")
     p.add_argument("--photos", nargs="+", default=["chelsea", "coffee", "astronaut"],

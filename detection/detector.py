@@ -16,9 +16,9 @@ from torchvision.ops import batched_nms
 from detection.models.backbones import is_lite
 from detection.models.region import RegionEnsemble
 
-__all__ = ["DetectorSettings", "LoadSettings", "setting", "DetectionResult", "postprocess", "weight_sources",
-           "box_area_share", "fuse_imagenet", "Detector", "detect_dataset", "set_threads", "free_cores",
-           "process_threads"]
+__all__ = ["DetectorSettings", "LoadSettings", "setting", "DetectionResult", "postprocess", "soft_nms",
+           "weight_sources", "box_area_share", "fuse_imagenet", "Detector", "detect_dataset", "set_threads",
+           "free_cores", "process_threads"]
 
 
 def setting(default, help: str):
@@ -37,6 +37,9 @@ class DetectorSettings:
     nms_iou: float = setting(0.3, "per-class NMS IoU threshold (R-CNN's 0.3)")
     score_threshold: float = setting(0.01, "keep detections scoring at least this")
     max_per_class: int = setting(100, "detections kept per class and image")
+    soft_nms_sigma: float = setting(0.0, "> 0: Gaussian soft-NMS (Bodla et al. 2017) instead of nms_iou: each "
+                                         "detection's score decays by exp(-IoU^2 / sigma) under every better one of "
+                                         "its class, so that crowded neighbours are ranked lower, not removed")
     flip: bool = setting(False, "also classify every proposal on the mirror image and average both views' softmax: "
                                 "a second trunk pass and twice the heads' time, no gain measured (docs/classifiers.md)")
     multibox_weight: float = setting(0.5, "the class scores of MultiBox's boxes are multiplied by this (1: as the "
@@ -75,6 +78,8 @@ class DetectorSettings:
             raise bad("score_threshold", "in [0, 1]")
         if not isinstance(self.max_per_class, int) or self.max_per_class < 1:
             raise bad("max_per_class", "a whole number >= 1")
+        if not self.soft_nms_sigma >= 0.0:
+            raise bad("soft_nms_sigma", ">= 0 (0: NMS at nms_iou)")
         if not 0.0 <= self.multibox_weight <= 1.0:
             raise bad("multibox_weight", "in [0, 1]")
         if self.prior_boxes < 0:
@@ -173,7 +178,7 @@ class DetectionResult:
 
 
 def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_class: int = 100,
-                score_threshold: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+                score_threshold: float = 0.01, soft_nms_sigma: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class NMS of class scores.
 
     Args:
@@ -181,7 +186,8 @@ def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_c
     Returns:
         (boxes ``[D, 4]``, scores ``[D]``, labels ``[D]`` in 1..C), by descending score; every (proposal, class)
         with a score >= ``score_threshold`` is a candidate, NMS at ``nms_iou`` runs within each class, and each
-        class keeps at most ``max_per_class`` boxes.
+        class keeps at most ``max_per_class`` boxes.  ``soft_nms_sigma > 0``: Gaussian soft-NMS instead
+        (:func:`soft_nms`), detections whose decayed score falls under ``score_threshold`` dropped.
     """
     if probs.shape[0] != boxes.shape[0]:
         raise ValueError(f"{boxes.shape[0]} boxes but {probs.shape[0]} rows of scores")
@@ -190,8 +196,12 @@ def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_c
     if idx.numel() == 0:
         return boxes.new_zeros((0, 4)).float(), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     b, s, lab = boxes[idx].float(), cls_scores[idx, cls], cls + 1
-    keep = batched_nms(b, s, lab, nms_iou)  # sorted by decreasing score
-    b, s, lab = b[keep], s[keep], lab[keep]
+    if soft_nms_sigma > 0:
+        keep, s = soft_nms(b, s, lab, sigma=soft_nms_sigma, score_threshold=score_threshold)
+    else:
+        keep = batched_nms(b, s, lab, nms_iou)  # sorted by decreasing score
+        s = s[keep]
+    b, lab = b[keep], lab[keep]
     if max_per_class > 0:
         # rank of each detection within its class (detections are already sorted by score)
         order = torch.argsort(lab, stable=True)
@@ -202,6 +212,34 @@ def postprocess(boxes: Tensor, probs: Tensor, *, nms_iou: float = 0.3, max_per_c
         ok = rank < max_per_class
         b, s, lab = b[ok], s[ok], lab[ok]
     return b, s, lab
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, *, sigma: float, score_threshold: float
+             ) -> tuple[Tensor, Tensor]:
+    """Gaussian soft-NMS within each label (Bodla et al. 2017): repeatedly take the best remaining box and multiply
+    every other remaining score of its label by ``exp(-IoU^2 / sigma)``; a box whose score falls under
+    ``score_threshold`` is dropped.  Returns (indices kept, their decayed scores), by decreasing decayed score."""
+    from torchvision.ops import box_iou
+
+    kept, kept_scores = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        decay = torch.exp(-box_iou(boxes[idx], boxes[idx]).double().pow(2) / sigma).numpy()
+        s = scores[idx].double().numpy().copy()
+        alive = np.ones(len(s), dtype=bool)
+        for _ in range(len(s)):
+            i = int(np.argmax(np.where(alive, s, -1.0)))
+            if not alive[i] or s[i] < score_threshold:
+                break
+            kept.append(int(idx[i]))
+            kept_scores.append(s[i])
+            alive[i] = False
+            s *= decay[i]
+    if not kept:
+        return torch.zeros(0, dtype=torch.long), scores.new_zeros(0)
+    keep, sc = torch.tensor(kept), torch.tensor(kept_scores, dtype=scores.dtype)
+    order = torch.argsort(sc, descending=True, stable=True)
+    return keep[order], sc[order]
 
 
 class Detector:
@@ -320,7 +358,7 @@ class Detector:
                                   area_power=st.prior_area_power)
         probs = weight_sources(probs, source, st.multibox_weight)
         return postprocess(boxes.float().cpu(), probs, nms_iou=st.nms_iou, max_per_class=st.max_per_class,
-                           score_threshold=st.score_threshold)
+                           score_threshold=st.score_threshold, soft_nms_sigma=st.soft_nms_sigma)
 
     def _trust_for(self, prior_boxes: float) -> Tensor:
         """The per-class trust for ``prior_boxes``: computed once per value, not per image."""

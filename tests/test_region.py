@@ -117,6 +117,37 @@ def test_postprocess_matches_per_class_reference():
     assert b.shape == (0, 4) and len(s) == len(lab) == 0
 
 
+def test_soft_nms_decays_neighbours_by_hand_and_tends_to_hard_nms():
+    """Gaussian soft-NMS: a box's score decays by exp(-IoU^2 / sigma) under each better box of its class, other
+    classes untouched, boxes decayed under the floor dropped; a tiny sigma removes every overlapping box, as NMS at
+    IoU 0 does."""
+    import math
+
+    from torchvision.ops import batched_nms
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [0, 0, 10, 10]])
+    probs = torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.8, 0.0], [0.0, 0.7, 0.0], [0.5, 0.0, 0.5]])
+    b, s, lab = postprocess(boxes, probs, score_threshold=0.01, soft_nms_sigma=0.5)
+    # box 1 lies half inside box 0 (IoU 0.5): 0.8 * exp(-0.25 / 0.5); box 2 overlaps nothing; box 3 is class 2
+    want = sorted([(0.9, 0, 1), (0.8 * math.exp(-0.5), 1, 1), (0.7, 2, 1), (0.5, 3, 2)], key=lambda t: -t[0])
+    assert [int(x) for x in lab] == [w[2] for w in want]
+    torch.testing.assert_close(s, torch.tensor([w[0] for w in want]))
+    torch.testing.assert_close(b, boxes[[w[1] for w in want]])
+    _, s_floor, _ = postprocess(boxes, probs, score_threshold=0.6, soft_nms_sigma=0.5)  # 0.485 is under 0.6
+    torch.testing.assert_close(s_floor, torch.tensor([0.9, 0.7]))
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(80, 2, generator=g) * 100
+    many = torch.cat([xy, xy + 5 + torch.rand(80, 2, generator=g) * 40], 1)
+    p = torch.rand(80, 4, generator=g).softmax(1)
+    b, s, lab = postprocess(many, p, score_threshold=0.05, soft_nms_sigma=1e-6, max_per_class=1000)
+    idx, cls = torch.nonzero(p[:, 1:] >= 0.05, as_tuple=True)
+    keep = batched_nms(many[idx], p[idx, cls + 1], cls, 0.0)
+    torch.testing.assert_close(s, p[idx, cls + 1][keep])
+    assert torch.equal(lab, cls[keep] + 1)
+    with pytest.raises(ValueError, match="soft_nms_sigma"):
+        DetectorSettings(soft_nms_sigma=-1.0)
+
+
 # ------------------------------------------------------------------ ensemble
 
 def _ensemble(lite0, **kw):

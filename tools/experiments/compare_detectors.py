@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--nms", type=float, nargs="+", default=[0.3],
                     help="per-class NMS IoU threshold(s); with several, each is a variant (named ...-nms0.4) of the same "
                          "pass")
+    ap.add_argument("--soft-nms", type=float, nargs="+", default=[], metavar="SIGMA",
+                    help="also Gaussian soft-NMS with each sigma instead of NMS (variants named ...-softnms0.5) of the "
+                         "same pass")
     ap.add_argument("--mb-weight", type=float, nargs="+", default=[DetectorSettings().multibox_weight],
                     help="multiply the class scores of MultiBox's boxes by this (default: the detector's, 0.5; 1: "
                          "unweighted); with several, each is a variant (...-mbw0.5) of the same pass")
@@ -117,7 +120,9 @@ def main() -> None:
     flips = sorted(set(args.flip), key=["off", "on"].index)
     # each value once (a repeat would append twice to one variant's per-image list)
     args.members = list(dict.fromkeys(args.members))
-    args.nms = list(dict.fromkeys(round(t, 6) for t in args.nms))
+    # (NMS IoU, soft-NMS sigma; 0: plain NMS)
+    args.nms = [(t, 0.0) for t in dict.fromkeys(round(t, 6) for t in args.nms)] + [
+        (DetectorSettings().nms_iou, g) for g in dict.fromkeys(round(g, 6) for g in args.soft_nms if g > 0)]
     weights = list(dict.fromkeys(round(w, 6) for w in args.mb_weight))
     # None: the prior off; a number: on, with that prior_boxes
     priors = ([None] if "off" in args.imagenet_prior else []) + (
@@ -173,7 +178,8 @@ def main() -> None:
                             for pb in priors:
                                 for w in weights:
                                     for t in args.nms:
-                                        variant = replace(settings, nms_iou=t, multibox_weight=w,
+                                        variant = replace(settings, nms_iou=t[0], soft_nms_sigma=t[1],
+                                                          multibox_weight=w,
                                                           prior_boxes=pb if pb is not None else settings.prior_boxes,
                                                           prior_area_power=args.prior_area_power)
                                         per[(p, m, f, t, w, pb)].append(det.score(
@@ -187,22 +193,24 @@ def main() -> None:
             d, ds_eval = restrict_to_scored(Detections.from_per_image(dets, scored), ds, scored)
             metrics = evaluate(d, ds_eval)
             errors = analyze_errors(d, ds_eval)
-            name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + (f"-nms{t:g}" if len(args.nms) > 1 else "")
+            nms_name = (f"-softnms{t[1]:g}" if t[1] else f"-nms{t[0]:g}") if len(args.nms) > 1 else ""
+            name = (f"{mname}-{p}-m{m}" + ("-flip" if f == "on" else "") + nms_name
                     + (f"-mbw{w:g}" if len(weights) > 1 else "")
                     + ("-ms" + "x".join(map(str, args.image_sizes)) if args.image_sizes else "")
                     + ((f"-prior{pb:g}" if pb is not None else "-noprior") if len(priors) > 1 else ""))
             (out / name).mkdir(parents=True, exist_ok=True)
             write_coco_results(d, ds_eval, out / name / "detections.json")
             save_metrics(metrics, out / name / "metrics.json",
-                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t, "mb_weight": w,
-                                "image_sizes": args.image_sizes, "imagenet_prior": pb is not None,
-                                "prior_boxes": pb,
+                         extra={"model": mpath, "proposals": p, "members": m, "flip": f == "on", "nms_iou": t[0],
+                                "soft_nms_sigma": t[1], "mb_weight": w, "image_sizes": args.image_sizes,
+                                "imagenet_prior": pb is not None, "prior_boxes": pb,
                                 "prior_area_power": args.prior_area_power if pb is not None else None, "errors": errors.to_dict(det200()),
                                 "proposals_per_image": sum(len(b) for b in sets[p]) / max(1, len(ds))})
             plot_errors(errors, out / name / "errors.png", space=det200(),
                         title=f"{name} on {ds.name}: mAP {100 * metrics.map:.2f}%")
             o = errors.overall
-            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), "nms_iou": t, "mb_weight": w, **{k: o[k] for k in o},
+            rows.append({"variant": name, "mAP": metrics.map, "images": len(ds_eval), "nms_iou": t[0],
+                         "soft_nms_sigma": t[1], "mb_weight": w, **{k: o[k] for k in o},
                          "seconds_per_image_all_sets": secs})
             print(f"\n== {name}: mAP {100 * metrics.map:.2f}% on {len(ds_eval)} images")
             print(format_errors(errors, space=det200(), max_classes=25))

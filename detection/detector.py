@@ -57,7 +57,7 @@ class DetectorSettings:
     prior_area_power: float = setting(0.25, "the ImageNet evidence of a box is scaled by (box area / image area)^G, "
                                             "favouring whole objects over their parts (0: off)")
     overlap_proposals: bool = setting(True, "run selective search (OpenCV, outside the GIL) in a thread while the "
-                                            "trunk runs")
+                                            "trunk runs on the other cores")
     threads: int | None = setting(0, "torch's and OpenCV's threads, set before each image: N > 0 that many; 0 adapts "
                                      "to the machine (the process's threads when idle, fewer beside busy processes); "
                                      "None: leave the process's setting")

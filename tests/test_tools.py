@@ -353,3 +353,28 @@ def test_bench_multibox_head_times_the_three_heads(capsys):
     bench_multibox_head.main(["--batch", "1", "--repeats", "1", "--threads", "1"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert len(rows) == 3 and rows[0][-1] == "1.00" and all(float(r[-2]) > 0 for r in rows)
+
+
+def test_miss_causes_by_hand():
+    """tools/experiments/missed_objects.py: each missed object's cause from its best covering proposal."""
+    import torch
+    from missed_objects import miss_causes
+
+    gt = torch.tensor([[0.0, 0, 40, 40], [100, 0, 140, 40], [200, 0, 240, 40], [300, 0, 340, 40],
+                       [400, 0, 440, 40]])
+    labels = torch.tensor([1, 1, 2, 2, 1])
+    boxes = torch.tensor([[0.0, 0, 40, 40],  # covers object 0
+                          [100, 0, 140, 40],  # covers object 1 ...
+                          [115, 0, 155, 40],  # ... and this better box of class 1 overlaps it by 0.45 (not a match)
+                          [200, 0, 240, 40],  # covers object 2, class 2 under the floor, background on top
+                          [300, 0, 340, 40]])  # covers object 3, class 2 under the floor, class 1 on top
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.3, 0.0], [0.2, 0.8, 0.0], [0.99, 0.0, 0.005],
+                           [0.3, 0.695, 0.005]])
+    det_boxes = torch.tensor([[0.0, 0, 40, 40], [115, 0, 155, 40], [300, 0, 340, 40]])
+    det_labels = torch.tensor([1, 1, 1])
+    causes = miss_causes(gt, labels, boxes, scores, det_boxes, det_labels, score_threshold=0.01, nms_iou=0.3)
+    assert causes == ["found", "lost to NMS", "under the floor: background", "under the floor: another class",
+                      "not covered"]
+    # without the better neighbour the covered box was dropped by something else (the per-class cap)
+    assert miss_causes(gt[1:2], labels[1:2], boxes, scores, det_boxes[:1], det_labels[:1], score_threshold=0.01,
+                       nms_iou=0.3) == ["other"]

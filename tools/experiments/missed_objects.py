@@ -15,8 +15,8 @@ Causes, for an object of class c (ILSVRC's IoU threshold, ``min(0.5, wh / ((w + 
 * ``other``: what remains (the per-class cap).
 
 Proposals come from the cache (fill it with ``tools/extract_proposals.py``: a photo missing from it stops the run
-with its name); photos that cannot be read are skipped and counted.  Prints a table by size and the classes with the most misses; writes
-``missed_objects.json`` to ``--out``.
+with its name); photos that cannot be read are skipped and counted.  Prints a table by size and the classes with the
+most misses; writes ``missed_objects.json`` to ``--out``.
 """
 from __future__ import annotations
 

@@ -351,14 +351,46 @@ class Detector:
         scoring settings (members, flip and image sizes act before this step); ``None``: the detector's.
         Returns ``(boxes, scores, labels)`` as :func:`postprocess`."""
         st = settings or self.settings
+        return self.nms(boxes, self.class_scores(probs, source=source, prior=prior, box_area=box_area, settings=st),
+                        settings=st)
+
+    def nms(self, boxes: Tensor, scores: Tensor, *, settings: DetectorSettings | None = None
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        """The last step of :meth:`score`: :func:`postprocess` of the class scores from :meth:`class_scores` with the
+        detector's (or ``settings``') NMS, cap and score floor."""
+        st = settings or self.settings
+        return postprocess(boxes.float().cpu(), scores, nms_iou=st.nms_iou, max_per_class=st.max_per_class,
+                           score_threshold=st.score_threshold, soft_nms_sigma=st.soft_nms_sigma)
+
+    def class_scores(self, probs: Tensor, *, source: Tensor | None = None, prior: Tensor | None = None,
+                     box_area: Tensor | None = None, settings: DetectorSettings | None = None) -> Tensor:
+        """The class scores :meth:`score` hands to NMS (``[N, C + 1]``): the classifiers' softmax with the ImageNet
+        prior fused in and MultiBox's boxes weighted (same arguments)."""
+        st = settings or self.settings
         if prior is not None:
             if self.trust is None:
                 raise ValueError("a prior was given but this detector was built with imagenet_prior=False")
             probs = fuse_imagenet(probs, prior, self._trust_for(st.prior_boxes), box_area=box_area.to(probs.device),
                                   area_power=st.prior_area_power)
-        probs = weight_sources(probs, source, st.multibox_weight)
-        return postprocess(boxes.float().cpu(), probs, nms_iou=st.nms_iou, max_per_class=st.max_per_class,
-                           score_threshold=st.score_threshold, soft_nms_sigma=st.soft_nms_sigma)
+        return weight_sources(probs, source, st.multibox_weight)
+
+    def prior_evidence(self, image_rgb: np.ndarray, boxes: Tensor, probs: Tensor, *,
+                       mid: tuple | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """The ImageNet prior's input to :meth:`score` for ``boxes`` of ``image_rgb`` whose softmax is ``probs``:
+        ``(prior [N, C + 1], box_area [N])``, or ``(None, None)`` without a prior.  ``mid``: the classifiers'
+        ``(scale, stride-16 map)`` of the image, which the prior continues from when it shares those layers."""
+        if self.prior is None:
+            return None, None
+        prior = torch.zeros_like(probs)
+        # a fused score is at most probs_c + evidence_c <= 2 * objectness, so a box whose objectness is under
+        # half the score floor yields no detection either way: the prior is computed for the others only
+        need = (1.0 - probs[:, 0]) >= 0.5 * self.settings.score_threshold
+        if need.any():
+            # the prior's ImageNet layers up to the stride-16 map are the classifiers' frozen ones: their pass
+            # serves it (lite0 with its later stages fine-tuned)
+            prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)],
+                                             mid=mid if self.prior_shares_mid else None)
+        return prior, box_area_share(boxes, *image_rgb.shape[:2])
 
     def _trust_for(self, prior_boxes: float) -> Tensor:
         """The per-class trust for ``prior_boxes``: computed once per value, not per image."""
@@ -394,16 +426,7 @@ class Detector:
                                         image_sizes=self.settings.image_sizes, view=view)
         if self.prior is not None:
             t = time.perf_counter()
-            prior = torch.zeros_like(probs)
-            # a fused score is at most probs_c + evidence_c <= 2 * objectness, so a box whose objectness is under
-            # half the score floor yields no detection either way: the prior is computed for the others only
-            need = (1.0 - probs[:, 0]) >= 0.5 * self.settings.score_threshold
-            if need.any():
-                # the prior's ImageNet layers up to the stride-16 map are the classifiers' frozen ones: their pass
-                # serves it (lite0 with its later stages fine-tuned)
-                prior[need] = self.prior.predict(image_rgb, boxes[need.to(boxes.device)],
-                                                 mid=mid if self.prior_shares_mid else None)
-            area = box_area_share(boxes, *image_rgb.shape[:2])
+            prior, area = self.prior_evidence(image_rgb, boxes, probs, mid=mid)
             seconds["imagenet_prior"] = time.perf_counter() - t
         else:
             prior = area = None

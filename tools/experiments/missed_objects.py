@@ -79,7 +79,6 @@ def main() -> None:
 
     from detection import config as hs, load_detector
     from detection.data.image_io import ImageDecodeError, read_image_rgb
-    from detection.detector import box_area_share, fuse_imagenet, weight_sources
     from detection.labels import det200
     from detection.progress import progress
     from detection.proposals.pipeline import ProposalStage, load_proposal_settings
@@ -113,15 +112,11 @@ def main() -> None:
             skipped.append(str(e))
             continue
         boxes, source = prop["boxes"].float(), prop.get("source")
-        with torch.inference_mode():  # the detector's own scoring, the class scores kept before NMS
-            probs = det.classifier.predict(img, boxes, members=st.members)
-            prior = area = None
-            fused = probs
-            if det.prior is not None:
-                prior, area = det.prior.predict(img, boxes), box_area_share(boxes, *img.shape[:2])
-                fused = fuse_imagenet(probs, prior, det.trust, box_area=area, area_power=st.prior_area_power)
-            fused = weight_sources(fused, source, st.multibox_weight)
-            b, _, lab = det.score(boxes, probs, source=source, prior=prior, box_area=area)
+        with torch.inference_mode():  # the detector's own scoring, its class scores kept from before NMS
+            probs = det.classifier.predict(img, boxes, members=st.members, flip=st.flip, image_sizes=st.image_sizes)
+            prior, area = det.prior_evidence(img, boxes, probs)
+            fused = det.class_scores(probs, source=source, prior=prior, box_area=area)
+            b, _, lab = det.nms(boxes, fused)
         causes = miss_causes(r.boxes[small], r.labels[small], boxes, fused, b, lab,
                              score_threshold=st.score_threshold, nms_iou=st.nms_iou)
         for s, c, cause in zip(share[small].tolist(), r.labels[small].tolist(), causes):

@@ -22,7 +22,7 @@ from detection.models.backbones import Backbone, build_backbone
 from detection.files import atomic_torch_save
 
 __all__ = ["MultiBoxConfig", "MultiBoxHead", "MultiBox", "SharedMultiBox", "crop_windows", "window_boxes",
-           "save_multibox", "load_multibox", "multibox_trunk"]
+           "small_prior_ids", "save_multibox", "load_multibox", "multibox_trunk"]
 
 TRUNKS = ("own", "region")
 
@@ -300,8 +300,7 @@ class SharedMultiBox(nn.Module):
         if not crops:
             return b, s
         windows = crop_windows(width, height, levels=crops)[1:]
-        area = (self.priors[:, 2] - self.priors[:, 0]) * (self.priors[:, 3] - self.priors[:, 1])
-        ids = (area < crop_prior_area).nonzero().flatten()
+        ids = small_prior_ids(self.priors, crop_prior_area)
         if not ids.numel():
             return b, s
         norm = torch.tensor(windows, dtype=last.dtype, device=last.device) / last.new_tensor(
@@ -311,6 +310,12 @@ class SharedMultiBox(nn.Module):
         b, s = torch.cat([b, cb]), torch.cat([s, cs * crop_weight])
         order = torch.sort(s, descending=True, stable=True).indices
         return b[order], s[order]
+
+
+def small_prior_ids(priors: Tensor, max_area: float) -> Tensor:
+    """Indices of the priors (normalised xyxy ``[K, 4]``) whose area is under ``max_area``: those a window runs."""
+    area = (priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1])
+    return (area < max_area).nonzero().flatten()
 
 
 def crop_windows(width: int, height: int, *, levels: Sequence[Sequence[float]] = ()

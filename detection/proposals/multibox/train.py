@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torchvision.ops import nms
 from detection.progress import progress as progress_bar
 
 from detection.data.image_io import ImageDecodeError, read_image_rgb
@@ -20,7 +21,8 @@ from detection.data.records import DetectionDataset
 from detection.proposals.cache import settings_hash
 from detection.proposals.coverage import coverage
 from detection.proposals.multibox.loss import multibox_loss
-from detection.proposals.multibox.model import MultiBox, SharedMultiBox, save_multibox, to_pixel_boxes
+from detection.proposals.multibox.model import (MultiBox, SharedMultiBox, save_multibox, small_prior_ids,
+                                                to_pixel_boxes)
 from detection.proposals.multibox.priors import kmeans_priors
 from detection.files import atomic_torch_save, atomic_write_text
 
@@ -297,23 +299,20 @@ def evaluate_recall(model: MultiBox, features: FeatureSet, *, top_k: int, batch_
     dropped), near-duplicates suppressed at ``nms_iou`` before the top k -- what the proposal stage takes."""
     model.eval()
     props, gts = [], []
-    if crops:
-        from torchvision.ops import nms
-
-        for i in range(len(features.ids)):
-            last, mid, fine = features.maps([i])
-            w, h = features.sizes[i]
+    # windows run one image at a time (propose_from_maps); the whole image alone runs in batches
+    for sel in features.batches(range(len(features.ids)), 1 if crops else batch_size):
+        last, mid, fine = features.maps(sel)
+        if crops:
+            w, h = features.sizes[sel[0]]
             b, s = model.propose_from_maps(last, mid, fine, width=w, height=h, crops=crops,
                                            crop_prior_area=crop_prior_area, crop_weight=crop_weight, drop_cut=True)
             props.append(b[nms(b, s, nms_iou)[:top_k]])
-            gts.append(features.gts[i] * torch.tensor([w, h, w, h]))
-    for sel in features.batches(range(len(features.ids)), batch_size) if not crops else []:
-        last, mid, fine = features.maps(sel)
-        boxes, logits = model.head(last, model.priors, mid, fine)
-        for j, i in enumerate(sel):
-            w, h = features.sizes[i]
-            props.append(to_pixel_boxes(boxes[j], logits[j], width=w, height=h, top_k=top_k)[0])
-            gts.append(features.gts[i] * torch.tensor([w, h, w, h]))
+        else:
+            boxes, logits = model.head(last, model.priors, mid, fine)
+            for j, i in enumerate(sel):
+                w, h = features.sizes[i]
+                props.append(to_pixel_boxes(boxes[j], logits[j], width=w, height=h, top_k=top_k)[0])
+        gts += [features.gts[i] * torch.tensor(features.sizes[i] * 2) for i in sel]
     cov = coverage(props, gts, thresholds=(0.5, 0.7), counts=(10, 50, 100, top_k))
     return {"recall@0.5": cov.recall[0.5], "recall@0.7": cov.recall[0.7], "num_gt": cov.num_gt,
             "curve": dict(zip(cov.counts, cov.curve))}
@@ -332,8 +331,7 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
     if settings.window_grid and not isinstance(model, SharedMultiBox):
         raise ValueError("train.window_grid trains windows of the region classifiers' trunk maps: it needs "
                          "model.trunk=region (a MultiBox with its own trunk runs crops through the trunk instead)")
-    area = (model.priors[:, 2] - model.priors[:, 0]) * (model.priors[:, 3] - model.priors[:, 1])
-    window_ids = (area < settings.window_prior_area).nonzero().flatten()
+    window_ids = small_prior_ids(model.priors, settings.window_prior_area)
     if settings.window_grid and not window_ids.numel():
         raise ValueError(f"train.window_prior_area={settings.window_prior_area}: no prior is that small")
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -388,7 +386,7 @@ def train_multibox(model: MultiBox, train: FeatureSet, *, settings: TrainSetting
                                                max_area=2 * settings.window_prior_area, generator=gen)
                 wb, wl = head.slots(x, r, r8, model.priors[window_ids], windows=windows, prior_ids=window_ids,
                                     window_image=torch.arange(len(sel)))
-                wloss, wparts = multibox_loss(wb, wl, wgts, alpha=settings.alpha)
+                wloss, _ = multibox_loss(wb, wl, wgts, alpha=settings.alpha)
                 loss = loss + wloss
                 tot["window"] = tot.get("window", 0.0) + float(wloss.detach()) * len(sel)
             opt.zero_grad(set_to_none=True)

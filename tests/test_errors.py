@@ -8,7 +8,7 @@ from PIL import Image
 
 from detection.data.records import DetectionDataset, ImageRecord
 from detection.evaluation import Detections
-from detection.evaluation.errors import FP_TYPES, analyze_errors, format_errors, plot_errors
+from detection.evaluation.errors import FP_TYPES, LOC_KINDS, analyze_errors, format_errors, plot_errors
 from detection.labels import det200
 
 CAT, DOG = 59, 60
@@ -39,13 +39,38 @@ def test_each_false_positive_type_and_the_misses(two_images):
     rep = analyze_errors(dets, two_images, top_factor=3.0)  # 2 cats -> top 6 detections
     row = rep.per_class[CAT]
     assert row == {"objects": 2, "top": 6, "tp": 1, "duplicate": 2, "mislocalised": 1, "confusion": 1,
-                   "background": 1, "found": 1}
+                   "background": 1, "found": 1, "mislocalised_part": 1, "mislocalised_group": 0,
+                   "mislocalised_loose": 0, "mislocalised_shifted": 0}  # the IoU 0.4 box lies inside the cat
     assert list(rep.fp_type) == ["", "duplicate", "duplicate", "mislocalised", "confusion", "background"]
     # the tiny cat is missed, the big cat found; the dog (no detection) missed
     assert rep.by_size["<0.5%"] == {"objects": 1, "found": 0, "missed": 1}
     assert rep.by_size["0.5-2%"] == {"objects": 1, "found": 1, "missed": 0}  # 100x100 = 1 % of the image
     assert rep.by_size["2-10%"] == {"objects": 1, "found": 0, "missed": 1}   # 300x300 = 9 %
     assert rep.overall["found"] == 1 and rep.overall["objects"] == 3
+
+
+def test_mislocalised_kinds_by_hand():
+    """A mislocalised detection is a part (inside an object of its class, holding none), a group (holds two or
+    more), loose (holds one, too large) or shifted; other types and other classes' objects do not count."""
+    # two cats side by side, a dog inside the left cat's box area on another class
+    ds = DetectionDataset("k", [_rec(0, [[100, 100, 200, 200], [210, 100, 310, 200], [100, 100, 150, 150]],
+                                     [CAT, CAT, DOG])])
+    dets = Detections(image=[0] * 6,
+                      boxes=[[100, 100, 200, 200],   # TP: the left cat
+                             [110, 110, 150, 190],   # inside the left cat, IoU 0.32: part
+                             [95, 95, 315, 205],     # holds both cats: group
+                             [205, 60, 330, 240],    # holds the right cat, IoU 0.44: loose
+                             [180, 150, 260, 260],   # half on the right cat, holds none: shifted
+                             [80, 80, 150, 150]],    # on the dog, labelled cat; IoU 0.20 with the left cat,
+                      scores=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], labels=[CAT] * 6)  # holding the dog only: shifted
+    rep = analyze_errors(dets, ds, top_factor=3.0)
+    assert list(rep.fp_type) == ["", "mislocalised", "mislocalised", "mislocalised", "mislocalised", "mislocalised"]
+    assert list(rep.loc_kind) == ["", "part", "group", "loose", "shifted", "shifted"]
+    row = rep.per_class[CAT]
+    assert [row[f"mislocalised_{k}"] for k in LOC_KINDS] == [1, 1, 1, 2]
+    assert sum(row[f"mislocalised_{k}"] for k in LOC_KINDS) == row["mislocalised"]
+    text = format_errors(rep, space=det200())
+    assert "the mislocalised by kind: part 1 (20.0%), group 1 (20.0%), loose 1 (20.0%), shifted 2 (40.0%)" in text
 
 
 def test_only_the_top_n_detections_are_examined(two_images):

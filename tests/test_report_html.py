@@ -120,7 +120,9 @@ def test_report_parses_links_exist_numbers_match(small_run):
     assert {"pr_curves.png", "errors.png"} <= set(page.imgs)
     thumbs = [s for s in page.imgs if s.startswith("report_files/")]
     text = " ".join(page.text)
-    assert "duplicate · score 0.80" in text and "mislocalised · score 0.70" in text and "background" in text
+    assert "duplicate · score 0.80" in text and "mislocalised (part) · score 0.70" in text and "background" in text
+    # the mislocalised cat lies inside its object (a part); the numbers list the kinds (it is outside the top N)
+    assert list(err.loc_kind).count("part") == 1 and "part: inside an object of its class" in text
     assert "missed · " in text
     # false positives: the cat duplicate, the cat mislocalised on im1, the cat on background, both dogs on im2
     # (background); missed: im1's cat and im2's dog

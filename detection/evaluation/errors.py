@@ -11,6 +11,11 @@ each false positive among them (by the ILSVRC DET protocol's own matching: per-b
 * ``confusion``    -- overlaps an object of another class by IoU >= 0.1;
 * ``background``   -- anything else.
 
+A mislocalised detection is also given its kind, by how it lies on the objects of its class in its image (a share
+of at least 0.7 of an area counts as inside): ``group`` -- it holds two or more objects; ``part`` -- it lies inside
+an object and holds none (a head, a wheel); ``loose`` -- it holds one object, too large for it; ``shifted`` --
+neither.
+
 Misses: an object no detection of its class matched (at any score) is missed; objects are binned by their share of
 the image's area.  Boxes are ``(x1, y1, x2, y2)`` continuous pixels, no +1 (converted to the devkit's inclusive
 pixels inside, as the protocol does).
@@ -27,9 +32,12 @@ from detection.data.records import DetectionDataset
 from detection.evaluation.detections import Detections, GroundTruth
 from detection.evaluation.protocols import _iou_inclusive, _match_ilsvrc, _pairs, _Prepared, ilsvrc_iou_threshold
 
-__all__ = ["ErrorReport", "analyze_errors", "FP_TYPES", "SIZE_BINS", "format_errors", "plot_errors"]
+__all__ = ["ErrorReport", "analyze_errors", "FP_TYPES", "LOC_KINDS", "SIZE_BINS", "format_errors", "plot_errors"]
 
 FP_TYPES = ("duplicate", "mislocalised", "confusion", "background")
+# the kinds of a mislocalised detection (module doc); per class counted as "mislocalised_<kind>"
+LOC_KINDS = ("part", "group", "loose", "shifted")
+INSIDE = 0.7  # the share of a box's area inside another from which it counts as inside
 # object area as a share of its image's area: (name, low, high)
 SIZE_BINS = (("<0.5%", 0.0, 0.005), ("0.5-2%", 0.005, 0.02), ("2-10%", 0.02, 0.1), ("10-30%", 0.1, 0.3),
              (">30%", 0.3, np.inf))
@@ -39,10 +47,11 @@ LOC_IOU = 0.1
 @dataclass
 class ErrorReport:
     """``per_class[c]``: ``objects``, ``top`` (detections examined), ``tp`` among them, one count per
-    :data:`FP_TYPES`, ``found`` (objects matched at any score); ``by_size``: per :data:`SIZE_BINS` name,
-    ``objects`` and ``found``; ``fp_type`` / ``top_rank``: per kept detection, its FP type ('' for a true
-    positive) and its rank in its class (0 = highest score); ``gt_*``: per object, where it is and whether it was
-    found."""
+    :data:`FP_TYPES`, the mislocalised split by kind (``mislocalised_part``, ... for each of :data:`LOC_KINDS`),
+    ``found`` (objects matched at any score); ``by_size``: per :data:`SIZE_BINS` name, ``objects`` and ``found``;
+    ``fp_type`` / ``loc_kind`` / ``top_rank``: per kept detection, its FP type ('' for a true positive), its kind
+    when mislocalised ('' otherwise) and its rank in its class (0 = highest score); ``gt_*``: per object, where it
+    is and whether it was found."""
 
     per_class: dict[int, dict]
     by_size: dict[str, dict]
@@ -55,10 +64,11 @@ class ErrorReport:
     gt_boxes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 4)))
     gt_label: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     gt_found: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    loc_kind: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, object))
 
     @property
     def overall(self) -> dict:
-        keys = ("objects", "top", "tp", *FP_TYPES, "found")
+        keys = ("objects", "top", "tp", *FP_TYPES, *(f"mislocalised_{k}" for k in LOC_KINDS), "found")
         return {k: int(sum(v[k] for v in self.per_class.values())) for k in keys}
 
     def to_dict(self, space=None) -> dict:
@@ -66,7 +76,8 @@ class ErrorReport:
             return space.names[c] if space is not None else str(c)
 
         return {"framing": "Hoiem et al. 2012: top N = top_factor x objects per class; FP types in priority order",
-                "top_factor": self.top_factor, "fp_types": list(FP_TYPES), "overall": self.overall,
+                "top_factor": self.top_factor, "fp_types": list(FP_TYPES), "mislocalised_kinds": list(LOC_KINDS),
+                "overall": self.overall,
                 "per_class": {name(c): v for c, v in sorted(self.per_class.items())},
                 "misses_by_size": self.by_size}
 
@@ -92,6 +103,7 @@ def analyze_errors(dets: Detections, dataset: DetectionDataset, *, top_factor: f
     np.maximum.at(best_other, d[~same], ov[~same])
     kind = np.where(dup, 0, np.where(best_same >= LOC_IOU, 1, np.where(best_other >= LOC_IOU, 2, 3)))
     fp_type = np.where(tp, "", np.array(FP_TYPES, dtype=object)[kind])
+    loc_kind = _loc_kinds(p.boxes, p.gt_boxes, d[same], g[same], fp_type == "mislocalised")
     # rank of each detection within its class, by descending score (ties in input order)
     order = np.lexsort((p.pos, -p.score, p.lbl))
     first = np.r_[True, p.lbl[order][1:] != p.lbl[order][:-1]] if n else np.zeros(0, bool)
@@ -108,6 +120,8 @@ def analyze_errors(dets: Detections, dataset: DetectionDataset, *, top_factor: f
         row = {"objects": objects, "top": int(sel.sum()), "tp": int((sel & tp).sum())}
         for t in FP_TYPES:
             row[t] = int((sel & (fp_type == t)).sum())
+        for k in LOC_KINDS:
+            row[f"mislocalised_{k}"] = int((sel & (loc_kind == k)).sum())
         row["found"] = int(found[p.gt_lbl == c].sum())
         per_class[int(c)] = row
     sizes = np.array([(r.width * r.height) for r in dataset.records], dtype=np.float64)
@@ -120,7 +134,31 @@ def analyze_errors(dets: Detections, dataset: DetectionDataset, *, top_factor: f
                          "missed": int((m & ~found).sum())}
     return ErrorReport(per_class=per_class, by_size=by_size, top_factor=top_factor, fp_type=fp_type,
                        top_rank=rank, det_index=p.pos, gt_image=p.gt_img, gt_boxes=p.gt_boxes, gt_label=p.gt_lbl,
-                       gt_found=found)
+                       gt_found=found, loc_kind=loc_kind)
+
+
+def _loc_kinds(boxes: np.ndarray, gt_boxes: np.ndarray, d: np.ndarray, g: np.ndarray, mis: np.ndarray
+               ) -> np.ndarray:
+    """The kind (:data:`LOC_KINDS`) of each detection flagged ``mis``, '' for the others.  ``(d, g)``: every
+    (detection, object of its class in its image) pair."""
+    out = np.full(len(boxes), "", dtype=object)
+    sel = mis[d] if len(d) else np.zeros(0, bool)
+    d, g = d[sel], g[sel]
+    if not mis.any():
+        return out
+    db, gb = boxes[d], gt_boxes[g]
+    iw = np.clip(np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]), 0, None)
+    ih = np.clip(np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]), 0, None)
+    inter = iw * ih
+    d_area = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
+    g_area = (gb[:, 2] - gb[:, 0]) * (gb[:, 3] - gb[:, 1])
+    holds = np.zeros(len(boxes), np.int64)
+    np.add.at(holds, d, inter >= INSIDE * g_area)
+    inside = np.zeros(len(boxes), bool)
+    np.logical_or.at(inside, d, inter >= INSIDE * d_area)
+    kinds = np.where(holds >= 2, "group", np.where(holds == 1, "loose", np.where(inside, "part", "shifted")))
+    out[mis] = kinds[mis]
+    return out
 
 
 def format_errors(rep: ErrorReport, *, space=None, max_classes: int = 200) -> str:
@@ -143,6 +181,10 @@ def format_errors(rep: ErrorReport, *, space=None, max_classes: int = 200) -> st
                  + f"{o['found']:>8}")
     if fp:
         lines.append("share of the top false positives: " + ", ".join(f"{t} {100 * o[t] / fp:.1f}%" for t in FP_TYPES))
+    if o["mislocalised"]:
+        lines.append("the mislocalised by kind: " + ", ".join(
+            f"{k} {o[f'mislocalised_{k}']} ({100 * o[f'mislocalised_{k}'] / o['mislocalised']:.1f}%)"
+            for k in LOC_KINDS) + " (part: inside an object of its class; group: holds two or more; loose: holds one)")
     lines.append("objects found (matched at any score) by size (share of the image): " + ", ".join(
         f"{k} {v['found']}/{v['objects']}" + (f" ({100 * v['found'] / v['objects']:.1f}%)" if v["objects"] else "")
         for k, v in rep.by_size.items()))

@@ -14,9 +14,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+from detection.evaluation.errors import LOC_KINDS
 from detection.files import atomic_write_text
 
 __all__ = ["write_report", "write_coverage_page", "write_summary_page"]
+
+# the kinds of a mislocalised detection (detection.evaluation.errors), as the report names them
+_LOC_KIND_NAMES = {"part": "part: inside an object of its class", "group": "group: holds two or more objects",
+                   "loose": "loose: holds one object, too large", "shifted": "shifted: none of these"}
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;
@@ -45,6 +50,11 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dt{color:#55
 
 _TYPE_COLOURS = {"duplicate": (148, 103, 189), "mislocalised": (217, 95, 2), "confusion": (31, 119, 180),
                  "background": (90, 90, 90), "missed": (214, 39, 40)}
+
+
+# the kinds of a mislocalised detection (detection.evaluation.errors), as the report names them
+_LOC_KIND_NAMES = {"part": "part: inside an object of its class", "group": "group: holds two or more objects",
+                   "loose": "loose: holds one object, too large", "shifted": "shifted: none of these"}
 
 
 _PLOT_TITLES = {"pr_curves.png": "Precision–recall curves (the classes with the most objects)",
@@ -161,7 +171,8 @@ def _galleries(out: Path, dets, dataset, errors, classes: list[int], space, per_
             ov = _iou(boxes[di], gb)
             best = int(np.argmax(ov)) if len(ov) and ov.max() > 0 else -1
             kind = str(errors.fp_type[j])
-            cap = f"{kind} · score {scores[di]:.2f}"
+            sub = str(errors.loc_kind[j]) if len(errors.loc_kind) else ""
+            cap = f"{kind}{f' ({sub})' if sub else ''} · score {scores[di]:.2f}"
             if best >= 0:
                 cap += f" · IoU {ov[best]:.2f} with {space.name(int(errors.gt_label[ks[best]]))}"
             focus = boxes[di] if best < 0 else np.r_[np.minimum(boxes[di][:2], gb[best][:2]),
@@ -278,6 +289,10 @@ def write_report(out_dir: str | Path, *, metrics, dataset, dets=None, errors=Non
         parts.append("<h2>Errors in numbers</h2><table><tr><th class='l'>top false positives</th><th>count</th>"
                      "<th>share</th></tr>" + "".join(
                          f"<tr><td class='l t-{k}'>{k}</td>{_num(o[k])}<td>{100 * o[k] / max(1, fp):.1f}%</td></tr>"
+                         + ("".join(f"<tr><td class='l'>&nbsp;&nbsp;· {_e(_LOC_KIND_NAMES[q])}</td>"
+                                    f"{_num(o[f'mislocalised_{q}'])}"
+                                    f"<td>{100 * o[f'mislocalised_{q}'] / max(1, fp):.1f}%</td></tr>"
+                                    for q in LOC_KINDS) if k == "mislocalised" else "")
                          for k in ("duplicate", "mislocalised", "confusion", "background")) + "</table>")
         parts.append("<table><tr><th class='l'>object size (share of image)</th><th>objects</th><th>found</th>"
                      "<th>missed</th><th>found %</th></tr>" + "".join(

@@ -126,8 +126,12 @@ def main() -> None:
         stage.extract(DetectionDataset(ds.name, [ds.records[i] for i in take], ds.report), workers=2)
     props = [p["boxes"] if p is not None else None for p in stage.load(ds, skip_missing=True)]
     dev, train = carve_dev(ds, props, every=args.dev_every)
-    print(f"train split: {len(ds)} images, {sum(p is not None for p in props)} with cached paper proposals "
+    print(f"train split: {len(ds)} images, {sum(p is not None for p in props)} with cached proposals "
           f"({sum(p is None for p in props)} without: left out); dev {len(dev)}, training {len(train)}")
+    if not dev or not train:
+        raise SystemExit(f"error: {'no dev' if not dev else 'no training'} image has cached proposals of these "
+                         f"settings ({' '.join(overrides[1:])}) under {cache / 'proposals'}: fill the cache with "
+                         f"tools/extract_proposals.py --split train and the same overrides, or pass --extract")
     if args.train_images:
         train = train[:args.train_images]
     if args.dev_images:

@@ -14,7 +14,7 @@ each false positive among them (by the ILSVRC DET protocol's own matching: per-b
 A mislocalised detection is also given its kind, by how it lies on the objects of its class in its image (a share
 of at least 0.7 of an area counts as inside): ``group`` -- it holds two or more objects; ``part`` -- it lies inside
 an object and holds none (a head, a wheel); ``loose`` -- it holds one object, too large for it; ``shifted`` --
-neither.
+none of these.
 
 Misses: an object no detection of its class matched (at any score) is missed; objects are binned by their share of
 the image's area.  Boxes are ``(x1, y1, x2, y2)`` continuous pixels, no +1 (converted to the devkit's inclusive
@@ -142,10 +142,10 @@ def _loc_kinds(boxes: np.ndarray, gt_boxes: np.ndarray, d: np.ndarray, g: np.nda
     """The kind (:data:`LOC_KINDS`) of each detection flagged ``mis``, '' for the others.  ``(d, g)``: every
     (detection, object of its class in its image) pair."""
     out = np.full(len(boxes), "", dtype=object)
-    sel = mis[d] if len(d) else np.zeros(0, bool)
-    d, g = d[sel], g[sel]
     if not mis.any():
         return out
+    sel = mis[d]
+    d, g = d[sel], g[sel]
     db, gb = boxes[d], gt_boxes[g]
     iw = np.clip(np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]), 0, None)
     ih = np.clip(np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]), 0, None)

@@ -43,11 +43,14 @@ def miss_causes(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, boxes: torch.Te
 
     thr = torch.as_tensor(ilsvrc_iou_threshold(gt_boxes.double().numpy()), dtype=torch.float32)
     cover = box_iou(gt_boxes.float(), boxes.float()) >= thr[:, None] if len(boxes) else None
+    # an object is found when a kept detection of its class reaches its threshold
+    found = ((box_iou(gt_boxes.float(), det_boxes.float()) >= thr[:, None])
+             & (det_labels[None, :] == gt_labels[:, None])).any(1)
     out = []
     for k in range(len(gt_boxes)):
         c = int(gt_labels[k])
         mine = det_labels == c
-        if mine.any() and bool((box_iou(gt_boxes[k:k + 1].float(), det_boxes[mine].float()) >= thr[k]).any()):
+        if found[k]:
             out.append("found")
             continue
         if cover is None or not cover[k].any():

@@ -81,6 +81,10 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert r.returncode != 0 and "it fine-tuned 2 stages of lite0, this run 1" in r.stderr
     r = run(sys.executable, "tools/train_classifier.py", *cont, "init_heads=default")
     assert r.returncode != 0 and "not both" in r.stderr
+    r = run(sys.executable, "tools/train_classifier.py", *cont, "model.context_regions=[[2,2]]")
+    assert r.returncode != 0 and "do not fit model (context_regions [] vs [[2.0, 2]])" in r.stderr, r.stderr[-3000:]
+    r = run(sys.executable, "tools/train_classifier.py", *cont, "model.context_regions=[[0.5,2]]")
+    assert r.returncode != 0 and "error: RegionConfig.context_regions takes [factor, grid]" in r.stderr
     # the same file named another way resumes; the same out_dir with another starting point is refused
     again = [o for o in cont if not o.startswith("init_model=")] + [
         f"init_model={tmp_path / 'model' / '..' / 'model' / 'region.pt'}"]

@@ -18,9 +18,9 @@ from detection.training.trunk_maps import TrunkCache, trunk_settings
 from detection.training.roi import MemberSettings, member_bg_iou_low
 
 
-def _cfg(k, members=2):
+def _cfg(k, members=2, **kw):
     return RegionConfig(members=members, image_size=160, max_image_size=240, roi_size=4, roi_layer="stem",
-                        standardize=True, trainable_stages=k)
+                        standardize=True, trainable_stages=k, **kw)
 
 
 @pytest.fixture
@@ -157,6 +157,32 @@ def test_heads_standardise_with_flip_symmetric_training_statistics(photos, tmp_p
     torch.testing.assert_close(mean, mean.flip(-1))  # flips are part of training
     torch.testing.assert_close(std, std.flip(-1))
     assert float(std.min()) >= 1e-3 and float(mean.abs().max()) > 0.01 and not torch.allclose(std, torch.ones_like(std))
+
+
+def test_context_regions_train_as_they_detect_with_flip_symmetric_statistics_per_region(photos, tmp_path):
+    """context_regions=[[2, 2]] through fine-tuning: the training path's logits equal the detector's after training,
+    and each region's input statistics are mirror-symmetric on its own grid (4x4, then 2x2)."""
+    ds, props = photos
+    model = RegionEnsemble(cfg=_cfg(1, context_regions=[[2, 2]]),
+                           backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    settings = MemberSettings(epochs=1, rois_per_batch=32, images_per_batch=2, trunk_lr_scale=1.0)
+    train_finetuned(model, ds, props, settings=settings, cache_root=tmp_path / "c", out_dir=tmp_path / "o",
+                    progress=False, log=lambda *a: None)
+    h0 = model.heads[0]
+    assert h0.feat_mean.numel() == 320 * (16 + 4)
+    for part, g in ((slice(0, 320 * 16), 4), (slice(320 * 16, None), 2)):
+        mean, std = h0.feat_mean[part].view(320, g, g), h0.feat_std[part].view(320, g, g)
+        torch.testing.assert_close(mean, mean.flip(-1))
+        torch.testing.assert_close(std, std.flip(-1))
+        assert float(mean.abs().max()) > 0.01
+    cache = TrunkCache(tmp_path / "c" / "trunk_maps", ds.name, trunk_settings(model, backbone_weights="imagenet"))
+    net = FineTuneNet(model).eval()
+    r, p = ds.records[0], props[0]
+    e = cache.load(r.image_id)
+    with torch.no_grad():
+        train_path = net(e["map"].float()[None], model.rois(p[:16], scale=e["scale"]), [torch.arange(16)] * 2)
+    infer = model.member_logits(__import__("numpy").asarray(Image.open(r.path).convert("RGB")), p[:16])
+    torch.testing.assert_close(train_path[1], infer[1], atol=2e-2, rtol=1e-2)
 
 
 def test_later_cut_maps_derive_from_an_earlier_cut_cache(photos, tmp_path):

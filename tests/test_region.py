@@ -279,6 +279,39 @@ def test_stem_layer_pools_the_map_before_the_last_block(lite0):
         _ensemble(lite0).heads[0].set_feature_stats(mean, std)
 
 
+def test_context_regions_add_the_enlarged_window_after_the_box_own_grid(lite0, tmp_path):
+    """context_regions=[[2, 2]]: each proposal is also pooled 2x2 from its context window doubled about its centre
+    (computed here by hand from the box), read after its own 4x4 grid; saved and loaded with the model."""
+    model = _ensemble(lite0, roi_layer="stem", roi_size=4, standardize=True, members=2, context_regions=[[2, 2]])
+    assert model.heads[0].classifier[0].in_features == 320 * (16 + 4)
+    mean, std = torch.randn(320 * 20), torch.rand(320 * 20) + 0.5
+    for h in model.heads:
+        h.set_feature_stats(mean, std)
+    img = skimage.data.chelsea()
+    boxes = torch.tensor([[50.0, 10, 400, 300], [100, 100, 180, 160]])
+    logits = model.member_logits(img, boxes)
+    x, scale = model.prepare_image(img)
+    win = context_boxes(boxes, size=224, padding=16)
+    centre, half = (win[:, :2] + win[:, 2:]) / 2, (win[:, 2:] - win[:, :2]) / 2
+    doubled = torch.cat([centre - 2 * half, centre + 2 * half], 1)
+    cells = lambda b: torch.cat([torch.zeros(len(b), 1), b * scale / 32], 1)  # noqa: E731
+    with torch.inference_mode():
+        stem = lite0.features[:-2](x[None])
+        inputs = torch.cat([roi_pool(stem, cells(win), roi_size=4).flatten(1),
+                            roi_pool(stem, cells(doubled), roi_size=2).flatten(1)], 1)
+        want = model.heads[1].classifier((inputs - mean) / std)
+    torch.testing.assert_close(logits[1], want, atol=1e-4, rtol=1e-4)
+    save_ensemble(model, tmp_path / "c.pt")
+    back = load_ensemble(tmp_path / "c.pt")
+    assert back.cfg.context_regions == [[2.0, 2]]
+    torch.testing.assert_close(back.member_logits(img, boxes), logits, atol=2e-3, rtol=0)
+    for bad in ([[0.5, 2]], [[2, 0]], [[2]], [[2, 1.5]]):
+        with pytest.raises(ValueError, match="context_regions"):
+            RegionConfig(roi_layer="stem", context_regions=bad)
+    with pytest.raises(ValueError, match="context_regions needs mode=roi"):
+        RegionConfig(mode="warp", context_regions=[[2, 2]])
+
+
 def test_warp_ensemble_classifies_the_warped_crops(lite0):
     model = _ensemble(lite0, mode="warp", crop_size=64, context_padding=8, members=2)
     img = skimage.data.coffee()

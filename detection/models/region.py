@@ -8,7 +8,9 @@ Two ways to get a proposal's features (``RegionConfig.mode``):
 * ``roi``  -- SPPnet / Fast R-CNN: the trunk runs once on the whole image (shorter side ``image_size``) and each
   context-padded proposal is RoI-aligned (``roi_size`` x ``roi_size``) from a stride-32 map: the last one
   (``roi_layer="last"``) or the one before the last block (``"stem"``: lite0's 320-channel ``blocks.6``, before
-  its 1x1 expansion to 1280).  Far cheaper on a CPU: the embedded default (``stem``, 4x4).
+  its 1x1 expansion to 1280).  Far cheaper on a CPU: the embedded default (``stem``, 4x4).  ``context_regions``
+  adds the same window enlarged about its centre, pooled on a coarser grid from the same map (multi-region features,
+  Gidaris & Komodakis 2015): whether the object goes on beyond the box is what tells a part from its whole.
 
 Members of a ``shared_trunk`` ensemble share one frozen ImageNet trunk (up to the backbone's last block, the
 "stem"); each member owns its head, and the frozen last block (the "neck") is shared too.  The ensemble averages
@@ -17,7 +19,7 @@ the members' softmax (the paper).  Boxes are ``Tensor[N, 4]`` float xyxy, absolu
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -31,7 +33,8 @@ from detection.crops import context_boxes, warp_crops
 from detection.models.backbones import Backbone, is_lite
 from detection.files import atomic_torch_save
 
-__all__ = ["RegionConfig", "roi_pool", "RoIHead", "PooledHead", "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
+__all__ = ["RegionConfig", "roi_pool", "pool_regions", "flat_regions", "enlarge_rois", "RoIHead", "PooledHead",
+           "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
            "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
            "load_stages_state_dict", "trunk_fingerprint"]
 
@@ -65,6 +68,10 @@ class RegionConfig:
     # roi mode, roi_layer=stem: how many of the trunk's last stages (lite0: blocks.6, blocks.5, ...) were fine-tuned
     # with the heads (0: a frozen ImageNet trunk); the file then carries those stages' weights
     trainable_stages: int = 0
+    # roi mode: more regions per proposal, each [factor, grid]: its context window enlarged factor times about its
+    # centre, RoI-aligned grid x grid from the same map and read by the heads after the window's own roi_size grid.
+    # [[2, 2]]: the window doubled, 2x2 (+1 280 inputs on blocks.6); [] (the shipped model): the window alone
+    context_regions: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -80,6 +87,19 @@ class RegionConfig:
         if self.trainable_stages and (self.mode != "roi" or self.roi_layer != "stem" or not self.shared_trunk):
             raise ValueError("RegionConfig.trainable_stages > 0 needs mode=roi, roi_layer=stem and shared_trunk=true "
                              "(the warp mode fine-tunes whole backbones instead)")
+        regions = [list(r) for r in (self.context_regions or [])]
+        for r in regions:
+            if len(r) != 2 or not float(r[0]) >= 1.0 or int(r[1]) != r[1] or int(r[1]) < 1:
+                raise ValueError("RegionConfig.context_regions takes [factor, grid] pairs with factor >= 1 and a "
+                                 f"whole grid >= 1 (e.g. [[2, 2]]), got {self.context_regions!r}")
+        if regions and self.mode != "roi":
+            raise ValueError("RegionConfig.context_regions needs mode=roi (a warped crop has no map around it)")
+        self.context_regions = [[float(f), int(g)] for f, g in regions]
+
+    @property
+    def grids(self) -> list[tuple[float, int]]:
+        """roi mode: (enlargement, grid) of every region a proposal is pooled as, its own window first."""
+        return [(1.0, self.roi_size)] + [(f, g) for f, g in self.context_regions]
 
 
 def _mlp(d_in: int, *, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -94,8 +114,29 @@ def roi_pool(fmap: Tensor, rois: Tensor, *, roi_size: int) -> Tensor:
     return roi_align(fmap, rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
+def enlarge_rois(rois: Tensor, factor: float) -> Tensor:
+    """RoIs ``[R, 5]`` with each box scaled ``factor`` times about its centre (the batch index kept)."""
+    if factor == 1.0:
+        return rois
+    centre = (rois[:, 1:3] + rois[:, 3:5]) / 2
+    half = (rois[:, 3:5] - rois[:, 1:3]) / 2 * factor
+    return torch.cat([rois[:, :1], centre - half, centre + half], 1)
+
+
+def pool_regions(fmap: Tensor, rois: Tensor, grids: list[tuple[float, int]]) -> list[Tensor]:
+    """Each region of ``grids`` (:attr:`RegionConfig.grids`: enlargement, grid) of every RoI: ``[R, C, g, g]`` each,
+    in order.  The heads read them flattened and concatenated (:func:`flat_regions`)."""
+    return [roi_pool(fmap, enlarge_rois(rois, f), roi_size=g) for f, g in grids]
+
+
+def flat_regions(parts: list[Tensor]) -> Tensor:
+    """:func:`pool_regions`' parts -> the heads' input ``[R, sum(C * g * g)]``."""
+    return parts[0].flatten(1) if len(parts) == 1 else torch.cat([p.flatten(1) for p in parts], 1)
+
+
 class RoIHead(nn.Module):
-    """RoI-pooled features ``[R, C, s, s]`` (:func:`roi_pool` of the last map) -> logits ``[R, classes]``.
+    """RoI-pooled features ``[R, C, s, s]`` (:func:`roi_pool` of the last map; with ``context_regions`` the
+    flattened regions ``[R, d]`` of :func:`flat_regions`) -> logits ``[R, classes]``.
 
     The pooling has no parameters, so training can cache pooled features and the members share them at test time.
     With ``cfg.standardize`` the flattened input is standardised by the buffers ``feat_mean`` / ``feat_std``
@@ -104,7 +145,7 @@ class RoIHead(nn.Module):
 
     def __init__(self, *, in_channels: int, cfg: RegionConfig):
         super().__init__()
-        d = in_channels * cfg.roi_size ** 2
+        d = in_channels * sum(g * g for _, g in cfg.grids)
         self.standardize = cfg.standardize
         if cfg.standardize:
             self.register_buffer("feat_mean", torch.zeros(d))
@@ -424,7 +465,7 @@ class RegionEnsemble(nn.Module):
                 key = 0 if self.cfg.shared_trunk else m
                 if key not in pooled:
                     f = fmap if fmap is not None and key == 0 else self.roi_map(x[None], m)
-                    pooled[key] = roi_pool(f, rois, roi_size=self.cfg.roi_size)
+                    pooled[key] = flat_regions(pool_regions(f, rois, self.cfg.grids))
                 t = time.perf_counter()
                 out[m] = self.heads[m](pooled[key])
                 t_heads += time.perf_counter() - t

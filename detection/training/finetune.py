@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from detection.boxes import mirror_boxes
 from detection.data.records import DetectionDataset
-from detection.models.region import RegionEnsemble, roi_pool, split_stem
+from detection.models.region import RegionEnsemble, pool_regions, split_stem
 from detection.progress import progress as progress_bar
 from detection.proposals.cache import DatasetCache, file_sha1
 from detection.training.loop import MemberRun
@@ -119,18 +119,23 @@ def _feature_stats(net: FineTuneNet, cache: DatasetCache, items: list[TrainItem]
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per-input mean and std (flip-symmetric, + 1e-3) of the heads' pooled inputs over sampled RoIs of up to 64
     training images, with the initial stages: the heads' input standardisation, fixed for training."""
-    feats = []
+    feats: list[list[Tensor]] = [[] for _ in net.grids]
     with torch.no_grad():
         for it in items[:64]:
             e = cache.load_slot(it.slot)
             idx = sample_indices(it.labels, it.max_iou, num=rois_per_image, fg_fraction=0.25, generator=gen)
             x = net.stages(e["map"].float()[None])
-            feats.append(roi_pool(x, it.rois[idx], roi_size=net.roi_size))
-    f = torch.cat(feats).double()
-    m1 = f.mean(0)
-    m2 = (f * f).mean(0)
-    m1, m2 = (m1 + m1.flip(-1)) / 2, (m2 + m2.flip(-1)) / 2
-    return m1.float(), ((m2 - m1 * m1).clamp_min(0).sqrt() + 1e-3).float()
+            for k, part in enumerate(pool_regions(x, it.rois[idx], net.grids)):
+                feats[k].append(part)
+    means, stds = [], []
+    for parts in feats:  # per region: its grid mirrored is the mirror image's
+        f = torch.cat(parts).double()
+        m1 = f.mean(0)
+        m2 = (f * f).mean(0)
+        m1, m2 = (m1 + m1.flip(-1)) / 2, (m2 + m2.flip(-1)) / 2
+        means.append(m1.flatten())
+        stds.append((m2 - m1 * m1).clamp_min(0).sqrt().flatten() + 1e-3)
+    return torch.cat(means).float(), torch.cat(stds).float()
 
 
 def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals: list[Tensor | None], *,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detection.models.region import RegionEnsemble, roi_pool, split_stem
+from detection.models.region import RegionEnsemble, flat_regions, pool_regions, split_stem
 
 __all__ = ["FineTuneNet"]
 
@@ -21,12 +21,12 @@ class FineTuneNet(nn.Module):
 
         self.stages = freeze_batch_norm_2d(copy.deepcopy(trainable))
         self.heads = copy.deepcopy(model.heads)
-        self.roi_size = model.cfg.roi_size
+        self.grids = model.cfg.grids  # (enlargement, grid) of each region a RoI is pooled as
 
     def forward(self, fmap: Tensor, rois: Tensor, picks: list[Tensor]) -> list[Tensor]:
         """``fmap [1, C, h, w]`` (the frozen part's output), ``rois [R, 5]`` (pooled once: RoIAlign's backward is
         the costly part on a CPU), ``picks[m]``: member m's rows of ``rois`` -> ``[len(picks[m]), classes]`` each."""
-        pooled = roi_pool(self.stages(fmap), rois, roi_size=self.roi_size)
+        pooled = flat_regions(pool_regions(self.stages(fmap), rois, self.grids))
         return [head(pooled[p]) for head, p in zip(self.heads, picks)]
 
     def trunk_state(self) -> dict[str, Tensor]:

@@ -50,7 +50,10 @@ def train_classifier(cfg: DictConfig) -> None:
     t0 = time.perf_counter()
     dataset: DetectionDataset = instantiate(cfg.dataset, _convert_="all")
     log(dataset.summary())
-    rcfg = RegionConfig(**OmegaConf.to_container(cfg.model))
+    try:
+        rcfg = RegionConfig(**OmegaConf.to_container(cfg.model))
+    except ValueError as e:  # a bad model.* setting: say which, without a traceback
+        sys.exit(f"error: {e}")
     mset = MemberSettings(**OmegaConf.to_container(cfg.train))
     psettings = hs.proposal_settings(cfg.proposals)
     warm, warm_info = warm_start(cfg, rcfg)  # checked before any proposal or trunk map is computed
@@ -172,7 +175,7 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
         src = load_ensemble(path)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {key}={given}: {e}")
-    fields = ("mode", "members", "num_classes", "roi_size", "roi_layer", "hidden", "standardize")
+    fields = ("mode", "members", "num_classes", "roi_size", "roi_layer", "context_regions", "hidden", "standardize")
     bad = [f"{f} {getattr(src.cfg, f)} vs {getattr(rcfg, f)}" for f in fields
            if getattr(src.cfg, f) != getattr(rcfg, f)]
     if bad:

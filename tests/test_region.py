@@ -305,7 +305,7 @@ def test_context_regions_add_the_enlarged_window_after_the_box_own_grid(lite0, t
     back = load_ensemble(tmp_path / "c.pt")
     assert back.cfg.context_regions == [[2.0, 2]]
     torch.testing.assert_close(back.member_logits(img, boxes), logits, atol=2e-3, rtol=0)
-    for bad in ([[0.5, 2]], [[2, 0]], [[2]], [[2, 1.5]]):
+    for bad in ([[0.5, 2]], [[2, 0]], [[2]], [[2, 1.5]], [2, 2], [["x", 2]], [[2, "2"]]):
         with pytest.raises(ValueError, match="context_regions"):
             RegionConfig(roi_layer="stem", context_regions=bad)
     with pytest.raises(ValueError, match="context_regions needs mode=roi"):

@@ -87,14 +87,17 @@ class RegionConfig:
         if self.trainable_stages and (self.mode != "roi" or self.roi_layer != "stem" or not self.shared_trunk):
             raise ValueError("RegionConfig.trainable_stages > 0 needs mode=roi, roi_layer=stem and shared_trunk=true "
                              "(the warp mode fine-tunes whole backbones instead)")
-        regions = [list(r) for r in (self.context_regions or [])]
-        for r in regions:
-            if len(r) != 2 or not float(r[0]) >= 1.0 or int(r[1]) != r[1] or int(r[1]) < 1:
-                raise ValueError("RegionConfig.context_regions takes [factor, grid] pairs with factor >= 1 and a "
-                                 f"whole grid >= 1 (e.g. [[2, 2]]), got {self.context_regions!r}")
+        try:
+            regions = [(float(f), g) for f, g in (self.context_regions or [])]
+            ok = all(f >= 1.0 and int(g) == g and int(g) >= 1 for f, g in regions)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError("RegionConfig.context_regions takes [factor, grid] pairs with factor >= 1 and a "
+                             f"whole grid >= 1 (e.g. [[2, 2]]), got {self.context_regions!r}")
         if regions and self.mode != "roi":
             raise ValueError("RegionConfig.context_regions needs mode=roi (a warped crop has no map around it)")
-        self.context_regions = [[float(f), int(g)] for f, g in regions]
+        self.context_regions = [[f, int(g)] for f, g in regions]
 
     @property
     def grids(self) -> list[tuple[float, int]]:

@@ -100,6 +100,9 @@ def main() -> None:
         from detection.models.region import load_ensemble
 
         model = load_ensemble().eval()
+        if args.image_size != model.cfg.image_size:
+            raise SystemExit(f"--trunk default reads photos at the embedded classifiers' {model.cfg.image_size} px; "
+                             f"--image-size {args.image_size} applies to --trunk imagenet only")
         bb = model.backbones[0]
     else:
         bb = build_backbone("lite0").eval()
@@ -181,33 +184,32 @@ def main() -> None:
             f = features(read_image_rgb(r.path), p["boxes"])
             for key, (head, keys, mean, std) in heads.items():
                 probs[key].append(head((torch.cat([f[k] for k in keys], 1) - mean) / std).softmax(-1))
+    # per scored object with both kinds of proposal: (image, class, well-localised mask, poorly-localised mask)
+    contests = []
+    for i, (r, p) in enumerate(zip(val.records, val_props)):
+        if len(r.boxes):
+            iou = box_iou(r.boxes, p["boxes"])
+            for g in range(len(r.boxes)):
+                good, poor = iou[g] >= 0.5, (iou[g] >= 0.1) & (iou[g] < 0.5)
+                if good.any() and poor.any():
+                    contests.append((i, int(r.labels[g]), good, poor))
+
+    def score(prs: list) -> tuple[float, int]:
+        """(mAP in %, objects whose well-localised proposal wins) of per-image softmax ``prs``."""
+        per = [postprocess(p["boxes"], pr, nms_iou=0.3) for p, pr in zip(val_props, prs)]
+        m = 100 * evaluate(Detections.from_per_image(per), val, protocol="ilsvrc").map
+        won = sum(int(prs[i][good, c].max() >= prs[i][poor, c].max()) for i, c, good, poor in contests)
+        return m, won
+
     print(f"\n{'variant':<14}{'inputs':>8}{f'{split} mAP':>10}{'seeds averaged':>16}{'per seed':>12}"
           "   well- beats poorly-localised")
     for name in args.variants:
-        mixed = [torch.stack([probs[name, seed][i] for seed in args.seeds]).mean(0) for i in range(len(val_props))]
-        per = [postprocess(p["boxes"], pr, nms_iou=0.3) for p, pr in zip(val_props, mixed)]
-        ens = 100 * evaluate(Detections.from_per_image(per), val, protocol="ilsvrc").map
-        maps, wins = [], []
-        for seed in args.seeds:
-            pr_all = probs[name, seed]
-            per = [postprocess(p["boxes"], pr, nms_iou=0.3) for p, pr in zip(val_props, pr_all)]
-            maps.append(100 * evaluate(Detections.from_per_image(per), val, protocol="ilsvrc").map)
-            won = total = 0
-            for r, p, pr in zip(val.records, val_props, pr_all):
-                if len(r.boxes) == 0:
-                    continue
-                iou = box_iou(r.boxes, p["boxes"])
-                for g in range(len(r.boxes)):
-                    score = pr[:, r.labels[g]]
-                    good, poor = iou[g] >= 0.5, (iou[g] >= 0.1) & (iou[g] < 0.5)
-                    if good.any() and poor.any():
-                        total += 1
-                        won += int(score[good].max() >= score[poor].max())
-            wins.append(won)
+        ens, _ = score([torch.stack([probs[name, seed][i] for seed in args.seeds]).mean(0)
+                        for i in range(len(val_props))])
+        maps, wins = zip(*(score(probs[name, seed]) for seed in args.seeds))
         dim = heads[name, args.seeds[0]][0][0].in_features
-        print(f"{name:<14}{dim:>8}{sum(maps) / len(maps):>9.2f}%{ens:>15.2f}%   {' '.join(f'{m:.2f}' for m in maps)}   "
-              f"{sum(wins) / len(wins):.0f}/{total}")
-
+        print(f"{name:<14}{dim:>8}{sum(maps) / len(maps):>9.2f}%{ens:>15.2f}%   "
+              f"{' '.join(f'{m:.2f}' for m in maps)}   {sum(wins) / len(wins):.0f}/{len(contests)}")
 
 if __name__ == "__main__":
     main()

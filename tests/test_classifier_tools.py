@@ -81,8 +81,19 @@ def test_train_classifier_then_eval_map_and_detect(tiny_voc, tmp_path):
     assert r.returncode != 0 and "it fine-tuned 2 stages of lite0, this run 1" in r.stderr
     r = run(sys.executable, "tools/train_classifier.py", *cont, "init_heads=default")
     assert r.returncode != 0 and "not both" in r.stderr
-    r = run(sys.executable, "tools/train_classifier.py", *cont, "model.context_regions=[[2,2]]")
-    assert r.returncode != 0 and "do not fit model (context_regions [] vs [[2.0, 2]])" in r.stderr, r.stderr[-3000:]
+    # context regions added to a trained model: its heads grow (zero weights for the new inputs), its stages are kept
+    grow = [o for o in cont if not o.startswith("out_dir=")] + [f"out_dir={tmp_path / 'grown'}",
+                                                                 "model.context_regions=[[2,2]]", "train.trunk_lr_scale=0"]
+    r = run(sys.executable, "tools/train_classifier.py", *grow)
+    assert r.returncode == 0 and "grown to the regions" in r.stdout, r.stderr[-3000:]
+    grown = load_ensemble(tmp_path / "grown" / "region.pt")
+    assert grown.cfg.context_regions == [[2.0, 2]] and grown.record["init_model"]["sha1"] == src["sha1"]
+    torch.testing.assert_close(grown.backbones[0].features.blocks[6].state_dict(),
+                               model.backbones[0].features.blocks[6].state_dict())
+    r = run(sys.executable, "tools/train_classifier.py", *[o for o in cont if not o.startswith("init_model=")],
+            f"init_model={tmp_path / 'grown' / 'region.pt'}", "model.context_regions=[[3,2]]")
+    assert r.returncode != 0 and "do not fit model (context_regions [[2.0, 2]] vs [[3.0, 2]])" in r.stderr, \
+        r.stderr[-3000:]
     r = run(sys.executable, "tools/train_classifier.py", *cont, "model.context_regions=[[0.5,2]]")
     assert r.returncode != 0 and "error: RegionConfig.context_regions takes [factor, grid]" in r.stderr
     # the same file named another way resumes; the same out_dir with another starting point is refused

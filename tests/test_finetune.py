@@ -235,6 +235,56 @@ def test_warm_start_takes_the_given_heads_and_their_statistics(photos, tmp_path)
         torch.testing.assert_close(a, b)  # lr 0: the heads are exactly the ones given, statistics included
 
 
+def test_heads_grow_only_by_regions_added_after_their_own():
+    from detection.training.recipe import grows
+
+    assert grows([], [[2.0, 2]]) and grows([[2.0, 2]], [[2.0, 2], [3.0, 2]])
+    assert not grows([[2.0, 2]], [[2.0, 2]])  # nothing added
+    assert not grows([[2.0, 2]], [[3.0, 2], [2.0, 2]])  # the source's region is not first
+    assert not grows([[2.0, 2]], [])
+
+
+def test_heads_grow_context_regions_from_a_fine_tuned_model_and_start_with_its_logits(photos, tmp_path):
+    """A fine-tuned model's heads warm-start a model with context_regions added: zero weights for the new inputs
+    (the same logits as the source), the source's statistics kept for its own inputs; with trunk_lr_scale=0 only
+    the heads train and the fine-tuned stages stay exactly as they were."""
+    from detection.models.region import load_stages_state_dict, stages_state_dict
+
+    ds, props = photos
+    src = RegionEnsemble(cfg=_cfg(1), backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+    train_finetuned(src, ds, props, settings=MemberSettings(epochs=1, rois_per_batch=32, trunk_lr_scale=1.0),
+                    cache_root=tmp_path / "c", out_dir=tmp_path / "s", progress=False, log=lambda *a: None)
+    names = split_stem(src.backbones[0], 1)[2]
+
+    def grown(out, lr, epochs=1):
+        model = RegionEnsemble(cfg=_cfg(1, context_regions=[[2, 2]]),
+                               backbones=[build_backbone("lite0", weights="imagenet")]).eval()
+        load_stages_state_dict(model.backbones[0], stages_state_dict(src.backbones[0], names))
+        msgs = []
+        train_finetuned(model, ds, props, settings=MemberSettings(epochs=epochs, rois_per_batch=32, lr=lr,
+                                                                  trunk_lr_scale=0.0),
+                        cache_root=tmp_path / "c", out_dir=tmp_path / out, progress=False, log=msgs.append,
+                        init_heads=src.heads)
+        assert any("grown to the regions" in m for m in msgs)
+        return model
+
+    image = __import__("numpy").asarray(Image.open(ds.records[0].path).convert("RGB"))
+    start = grown("g0", 0.0)
+    d_old = 320 * 16
+    assert start.heads[0].feat_mean.numel() == 320 * (16 + 4)
+    torch.testing.assert_close(start.heads[0].feat_mean[:d_old], src.heads[0].feat_mean)
+    assert float(start.heads[0].feat_std[d_old:].min()) > 0 and float(start.heads[0].feat_mean[d_old:].abs().max()) > 0
+    torch.testing.assert_close(start.member_logits(image, props[0]), src.member_logits(image, props[0]),
+                               atol=1e-4, rtol=1e-4)
+    trained = grown("g1", 1e-2, epochs=3)
+    for k, v in stages_state_dict(src.backbones[0], names).items():  # trunk_lr_scale=0: the stages did not move
+        torch.testing.assert_close(stages_state_dict(trained.backbones[0], names)[k], v, atol=0, rtol=0)
+    w = trained.heads[0].classifier[0].weight
+    assert float(w[:, d_old:].detach().abs().max()) > 0  # the new inputs learned
+    diff = (trained.member_logits(image, props[0]) - src.member_logits(image, props[0])).abs().max()
+    assert float(diff) > 1e-2  # and the heads moved
+
+
 def test_a_positives_only_photo_trains_with_the_others_and_gives_no_background(photos, tmp_path):
     """A photo not exhaustively annotated joins training with its positives only: the run logs it, and its labelled
     RoIs hold no background while the exhaustive photo's do."""

@@ -36,7 +36,7 @@ from detection.files import atomic_torch_save
 __all__ = ["RegionConfig", "roi_pool", "pool_regions", "flat_regions", "enlarge_rois", "RoIHead", "PooledHead",
            "RegionEnsemble", "MODES", "split_backbone", "save_ensemble",
            "load_ensemble", "default_region_model_path", "stem_stages", "split_stem", "stages_state_dict",
-           "load_stages_state_dict", "trunk_fingerprint"]
+           "load_stages_state_dict", "trunk_fingerprint", "grow_heads"]
 
 MODES = ("roi", "warp")
 ROI_LAYERS = ("last", "stem")
@@ -177,6 +177,32 @@ class RoIHead(nn.Module):
                 return self.classifier[1:](x)
             x = (x - self.feat_mean) / self.feat_std
         return self.classifier(x)
+
+
+def grow_heads(heads: nn.ModuleList, source: nn.ModuleList, *, mean: Tensor | None = None,
+               std: Tensor | None = None) -> None:
+    """Load ``source``'s :class:`RoIHead` s into ``heads``, whose input has more regions appended
+    (``context_regions`` added after the source's): the first layer's weights for the new inputs start at zero, so
+    the grown heads compute exactly the source's logits until they train.  ``mean`` / ``std``: the full input's
+    standardisation statistics (:func:`detection.training.finetune._feature_stats`); the source's are kept for its
+    own inputs and the new inputs take the tail."""
+    if len(heads) != len(source):
+        raise ValueError(f"{len(source)} heads cannot grow into {len(heads)}")
+    for head, src in zip(heads, source):
+        state = {k: v.clone() for k, v in src.state_dict().items()}
+        first = next(k for k, m in head.classifier.named_modules() if isinstance(m, nn.Linear))
+        key = f"classifier.{first}.weight"
+        w_new, w_old = head.state_dict()[key], state[key]
+        d_old, d_new = w_old.shape[1], w_new.shape[1]
+        if w_old.shape[0] != w_new.shape[0] or d_old > d_new:
+            raise ValueError(f"heads with a first layer of {tuple(w_old.shape)} cannot grow into {tuple(w_new.shape)}")
+        state[key] = torch.cat([w_old, w_old.new_zeros(w_old.shape[0], d_new - d_old)], 1)
+        if head.standardize:
+            if mean is None or std is None or mean.numel() != d_new or std.numel() != d_new:
+                raise ValueError(f"growing standardised heads to {d_new} inputs needs mean and std of {d_new}")
+            state["feat_mean"] = torch.cat([state["feat_mean"], mean.flatten()[d_old:].to(state["feat_mean"])])
+            state["feat_std"] = torch.cat([state["feat_std"], std.flatten()[d_old:].to(state["feat_std"])])
+        head.load_state_dict(state)
 
 
 class PooledHead(nn.Module):

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from detection.boxes import mirror_boxes
 from detection.data.records import DetectionDataset
-from detection.models.region import RegionEnsemble, pool_regions, split_stem
+from detection.models.region import RegionEnsemble, grow_heads, pool_regions, split_stem
 from detection.progress import progress as progress_bar
 from detection.proposals.cache import DatasetCache, file_sha1
 from detection.training.loop import MemberRun
@@ -223,7 +223,14 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     steps = math.ceil(shown / n_img)
     net = FineTuneNet(model)
     gen0 = torch.Generator().manual_seed(settings.seed)
-    if init_heads is not None:  # warm start: another ensemble's heads (and their input statistics)
+    grow = init_heads is not None and any(a.shape != b.shape for a, b in zip(
+        net.heads.state_dict().values(), init_heads.state_dict().values()))
+    if grow:  # warm start with context regions added: zero weights for the new inputs, their statistics measured
+        mean, std = _feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0)
+        grow_heads(net.heads, init_heads, mean=mean, std=std)
+        log(f"fine-tuning: heads initialised from a trained ensemble, grown to the regions {net.grids} (the new "
+            f"inputs start with zero weights: the same logits as the source's until they train)")
+    elif init_heads is not None:  # warm start: another ensemble's heads (and their input statistics)
         net.heads.load_state_dict(init_heads.state_dict())
         log("fine-tuning: heads initialised from a trained ensemble (warm start)")
     else:
@@ -237,6 +244,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
         for head in net.heads:
             head.set_feature_stats(mean, std)
     groups = [{"params": [p for p in net.heads.parameters()], "lr": settings.lr}]
+    if settings.trunk_lr_scale == 0:  # the stages stay as they are: no gradient through them, the heads alone
+        net.stages.requires_grad_(False)
     trunk_params = [p for p in net.stages.parameters() if p.requires_grad]
     if trunk_params:
         groups.append({"params": trunk_params, "lr": settings.lr * settings.trunk_lr_scale})

@@ -158,6 +158,12 @@ def lineage_class_boxes(dataset, warm) -> dict:
     return dict(sorted(out.items()))
 
 
+def grows(source: list, run: list) -> bool:
+    """Whether a run's ``context_regions`` add regions after a warm start's own (its heads grow:
+    :func:`detection.models.region.grow_heads`)."""
+    return len(run) > len(source) and list(run[:len(source)]) == list(source)  # (RegionConfig normalises both)
+
+
 def warm_start(cfg: DictConfig, rcfg) -> tuple:
     """The ensemble that ``init_heads`` (heads only) or ``init_model`` (heads and fine-tuned stages) names, checked
     against this run's model, and what the record keeps of it (resolved path, SHA-1); ``(None, {...})`` for a fresh
@@ -177,7 +183,8 @@ def warm_start(cfg: DictConfig, rcfg) -> tuple:
         sys.exit(f"error: {key}={given}: {e}")
     fields = ("mode", "members", "num_classes", "roi_size", "roi_layer", "context_regions", "hidden", "standardize")
     bad = [f"{f} {getattr(src.cfg, f)} vs {getattr(rcfg, f)}" for f in fields
-           if getattr(src.cfg, f) != getattr(rcfg, f)]
+           if getattr(src.cfg, f) != getattr(rcfg, f)
+           and not (f == "context_regions" and grows(src.cfg.context_regions, rcfg.context_regions))]
     if bad:
         sys.exit(f"error: {key}={given}: its heads do not fit model ({'; '.join(bad)})")
     if cfg.init_model and (src.cfg.trainable_stages != rcfg.trainable_stages or src.cfg.backbone != rcfg.backbone):

@@ -34,6 +34,7 @@ class MemberSettings:
     flip: bool = True
     # image-centric fine-tuning (model.trainable_stages, detection.training.finetune): images per mini-batch (each
     # gives every member rois_per_batch / images_per_batch RoIs) and the fine-tuned stages' learning-rate factor
+    # (0: the stages stay as they are and only the heads train, e.g. heads grown from a fine-tuned model's)
     images_per_batch: int = 2
     trunk_lr_scale: float = 0.1
     # rare classes (issue 15): repeat-factor sampling (LVIS, Gupta et al. 2019) -- an exhaustively annotated image

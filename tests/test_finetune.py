@@ -266,6 +266,7 @@ def test_heads_grow_context_regions_from_a_fine_tuned_model_and_start_with_its_l
                         cache_root=tmp_path / "c", out_dir=tmp_path / out, progress=False, log=msgs.append,
                         init_heads=src.heads)
         assert any("grown to the regions" in m for m in msgs)
+        assert any("fine-tuning the heads alone (blocks.6 kept as they are" in m for m in msgs)
         return model
 
     image = __import__("numpy").asarray(Image.open(ds.records[0].path).convert("RGB"))

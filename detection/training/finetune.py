@@ -205,7 +205,9 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
     partial = sum(not it.exhaustive for it in items)
     n_level = sum(it.level > 0 for it in items)
-    log(f"fine-tuning {', '.join(names) or 'the heads alone (frozen trunk)'} on {len(items) - n_level} images of "
+    what = (", ".join(names) if names and settings.trunk_lr_scale else "the heads alone ("
+            + (f"{', '.join(names)} kept as they are: trunk_lr_scale=0)" if names else "frozen trunk)"))
+    log(f"fine-tuning {what} on {len(items) - n_level} images of "
         f"{dataset.name}" + (f" + {n_level} at other scales" if n_level else "")
         + f" ({len(skipped)} images skipped, {no_pos} without objects left out"
         + (f"; {partial} not exhaustively annotated give positives only" if partial else "")

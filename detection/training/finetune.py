@@ -205,8 +205,12 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     _, _, names = split_stem(model.backbones[0], cfg.trainable_stages)
     partial = sum(not it.exhaustive for it in items)
     n_level = sum(it.level > 0 for it in items)
-    what = (", ".join(names) if names and settings.trunk_lr_scale else "the heads alone ("
-            + (f"{', '.join(names)} kept as they are: trunk_lr_scale=0)" if names else "frozen trunk)"))
+    if not names:
+        what = "the heads alone (frozen trunk)"
+    elif settings.trunk_lr_scale == 0:
+        what = f"the heads alone ({', '.join(names)} kept as they are: trunk_lr_scale=0)"
+    else:
+        what = ", ".join(names)
     log(f"fine-tuning {what} on {len(items) - n_level} images of "
         f"{dataset.name}" + (f" + {n_level} at other scales" if n_level else "")
         + f" ({len(skipped)} images skipped, {no_pos} without objects left out"
@@ -228,7 +232,8 @@ def train_finetuned(model: RegionEnsemble, dataset: DetectionDataset, proposals:
     grow = init_heads is not None and any(a.shape != b.shape for a, b in zip(
         net.heads.state_dict().values(), init_heads.state_dict().values()))
     if grow:  # warm start with context regions added: zero weights for the new inputs, their statistics measured
-        mean, std = _feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0)
+        mean, std = (_feature_stats(net, cache, items, rois_per_image=per_image, gen=gen0) if cfg.standardize
+                     else (None, None))
         grow_heads(net.heads, init_heads, mean=mean, std=std)
         log(f"fine-tuning: heads initialised from a trained ensemble, grown to the regions {net.grids} (the new "
             f"inputs start with zero weights: the same logits as the source's until they train)")
